@@ -1,0 +1,1 @@
+"""Benchmarks for envoy-mixer (``make bench``); measurements, never pass/fail tests."""

@@ -14,6 +14,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from envoy_mixer.snapshot import NotLoadedError
+
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
@@ -43,7 +45,11 @@ def build_admin_app(
         return web.Response(text="NOT READY\n", status=503)
 
     async def config(_: web.Request) -> web.Response:
-        return _json({"config": describe_config(), "last_error": last_error()})
+        try:
+            current = describe_config()
+        except NotLoadedError:
+            current = None  # before the first good load there is nothing to show but the error
+        return _json({"config": current, "last_error": last_error()})
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench lint venv redis-server bench-tools clean
+.PHONY: run test bench lint venv redis-server compose-tool bench-tools clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ redis-server:
 	  echo "installing redis-server from Debian's packages"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 
+# docker-compose (client only; no engine needed) lets the tests validate compose/ offline.
+compose-tool:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
+
 # Load generators for the benchmarks (Envoy throughput side by side).
 bench-tools:
 	@command -v wrk >/dev/null 2>&1 || { \
@@ -32,7 +37,7 @@ bench-tools:
 run: $(STAMP) redis-server
 	$(BIN)/mixer up
 
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server compose-tool
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) redis-server bench-tools

@@ -1,0 +1,1 @@
+"""Demo workloads for ``mixer up`` and docker-compose: ``frontend`` calling ``backend``."""

@@ -1,0 +1,88 @@
+"""``mixer check PATH...``: kind detection, precise errors, exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from envoy_mixer import cli
+from envoy_mixer.check import detect_kind
+
+REPO = Path(__file__).resolve().parents[2]
+
+POLICY = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: default}
+spec:
+  action: ALLOW
+  rules:
+    - to: [{operation: {paths: ["/api/*"]}}]
+"""
+LIMITS = """\
+domain: d
+descriptors:
+  - key: remote_address
+    rate_limit: {unit: minute, requests_per_unit: 3}
+"""
+
+
+def test_detects_each_kind(tmp_path: Path) -> None:
+    """Istio apiVersion -> authz, top-level domain -> ratelimit, anything else -> telemetry."""
+    (tmp_path / "p.yaml").write_text(POLICY)
+    (tmp_path / "l.yaml").write_text(LIMITS)
+    (tmp_path / "t.yaml").write_text("{}\n")
+    assert detect_kind(tmp_path / "p.yaml") == "authz"
+    assert detect_kind(tmp_path / "l.yaml") == "ratelimit"
+    assert detect_kind(tmp_path / "t.yaml") == "telemetry"
+
+
+def test_valid_files_print_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Valid files (incl. a directory of them) print OK with their kind and exit 0."""
+    (tmp_path / "p.yaml").write_text(POLICY)
+    (tmp_path / "l.yaml").write_text(LIMITS)
+    assert cli.main(["check", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"OK {tmp_path / 'p.yaml'} (authz)" in out
+    assert f"OK {tmp_path / 'l.yaml'} (ratelimit)" in out
+
+
+def test_examples_are_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped policy and limit examples pass `mixer check`."""
+    code = cli.main(["check", str(REPO / "examples" / "policy.yaml"),
+                     str(REPO / "examples" / "ratelimit.yaml")])
+    assert code == 0, capsys.readouterr()
+
+
+def test_bad_limit_names_file_line_and_field(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """An invalid unit fails with the file, line and field, and exit code 1."""
+    bad = tmp_path / "limits.yaml"
+    bad.write_text(LIMITS.replace("minute", "fortnight"))
+    assert cli.main(["check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert f"FAIL {bad} (ratelimit)" in err
+    assert "limits.yaml: " in err and "fortnight" in err and "line 4" in err
+
+
+def test_bad_yaml_and_missing_path_fail(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Unparsable YAML and a missing path are errors too, while good files still print OK."""
+    (tmp_path / "broken.yaml").write_text("domain: [unclosed\n")
+    good = tmp_path / "good.yaml"
+    good.write_text(LIMITS)
+    code = cli.main(["check", str(tmp_path / "broken.yaml"), str(tmp_path / "nope.yaml"),
+                     str(good)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"FAIL {tmp_path / 'broken.yaml'} (yaml)" in captured.err
+    assert "nope.yaml: no such file or directory" in captured.err
+    assert f"OK {good} (ratelimit)" in captured.out
+
+
+def test_forced_kind_reports_that_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--kind skips detection: a limits file checked as telemetry config fails as telemetry."""
+    path = tmp_path / "l.yaml"
+    path.write_text(LIMITS)
+    assert cli.main(["check", "--kind", "telemetry", str(path)]) == 1
+    assert f"FAIL {path} (telemetry)" in capsys.readouterr().err

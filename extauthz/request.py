@@ -1,0 +1,130 @@
+"""The request as the policy engine sees it: plain data, no protobuf.
+
+``AuthzRequest`` is what the servicer builds from a ``CheckRequest`` and what ``explain`` and
+``test`` build from flags and YAML, so all three go through the same engine. The query string
+is split off the path here, once: Istio never matches paths against the query.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+_LABEL_PREFIX = "label."
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRequest:
+    """One HTTP request to authorize.
+
+    ``headers`` keys are lower-case (Envoy sends them so); ``path`` has no query;
+    ``source_principal`` is the mTLS peer identity as Envoy reports it (``spiffe://...``);
+    ``context_extensions`` carries the workload identity (``namespace``, ``label.<name>``).
+    """
+
+    method: str = "GET"
+    host: str = ""
+    path: str = "/"
+    query: str = ""
+    headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    source_ip: str | None = None
+    source_principal: str | None = None
+    destination_ip: str | None = None
+    destination_port: int | None = None
+    sni: str | None = None
+    context_extensions: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    request_id: str = ""
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        method: str = "GET",
+        host: str = "",
+        path: str = "/",
+        headers: Mapping[str, str] | None = None,
+        source_ip: str | None = None,
+        source_principal: str | None = None,
+        destination_ip: str | None = None,
+        destination_port: int | None = None,
+        sni: str | None = None,
+        context_extensions: Mapping[str, str] | None = None,
+        request_id: str = "",
+    ) -> AuthzRequest:
+        """Build from raw parts: split the query off ``path``, lower-case header names."""
+        raw_path, _, query = path.partition("?")
+        raw_path = raw_path.partition("#")[0]
+        return cls(
+            method=method,
+            host=host,
+            path=raw_path or "/",
+            query=query,
+            headers=MappingProxyType({k.lower(): v for k, v in (headers or {}).items()}),
+            source_ip=source_ip or None,
+            source_principal=source_principal or None,
+            destination_ip=destination_ip or None,
+            destination_port=destination_port,
+            sni=sni or None,
+            context_extensions=MappingProxyType(dict(context_extensions or {})),
+            request_id=request_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """The workload the calling Envoy protects: its namespace and labels."""
+
+    namespace: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_context(cls, extensions: Mapping[str, str], default_namespace: str) -> Workload:
+        """Read ``namespace`` and ``label.<name>`` keys from ``context_extensions``."""
+        labels = {
+            k[len(_LABEL_PREFIX):]: v for k, v in extensions.items() if k.startswith(_LABEL_PREFIX)
+        }
+        return cls(namespace=extensions.get("namespace") or default_namespace, labels=labels)
+
+
+def parse_ip(value: str | None) -> IPAddress | None:
+    """An IP address, or None when absent or unparsable (an unparsable IP matches no block)."""
+    if not value:
+        return None
+    try:
+        return ipaddress.ip_address(value.strip().strip("[]"))
+    except ValueError:
+        return None
+
+
+def remote_ip(
+    headers: Mapping[str, str], source_ip: str | None, trusted_proxies: int
+) -> str | None:
+    """The original client address (Istio's ``remote.ip``).
+
+    The hop chain is ``X-Forwarded-For`` followed by the direct peer (unless Envoy already
+    appended it). With N trusted proxies in front of Envoy, the client is the entry N places left
+    of the peer; with 0 it is the peer itself, so a client cannot spoof it by sending a header.
+    """
+    chain = [p.strip() for p in headers.get("x-forwarded-for", "").split(",") if p.strip()]
+    if source_ip and (not chain or chain[-1] != source_ip):
+        chain.append(source_ip)
+    if not chain:
+        return None
+    index = len(chain) - 1 - max(trusted_proxies, 0)
+    return chain[max(index, 0)]
+
+
+def spiffe_namespace(principal: str | None) -> str | None:
+    """The namespace in a SPIFFE identity ``<td>/ns/<ns>/sa/<sa>`` (with or without scheme)."""
+    if not principal:
+        return None
+    parts = principal.removeprefix("spiffe://").split("/")
+    for i in range(len(parts) - 1):
+        if parts[i] == "ns":
+            return parts[i + 1]
+    return None

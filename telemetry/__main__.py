@@ -1,0 +1,9 @@
+"""``python -m telemetry``: the same CLI as ``mixer telemetry``."""
+
+from __future__ import annotations
+
+import sys
+
+from telemetry.cli import main
+
+sys.exit(main())

@@ -1,0 +1,270 @@
+"""Istio's label values for one access-log entry.
+
+Given a domain entry and the reporting node's identity, compute the 25 values of Istio's
+standard label set (``ISTIO_LABELS``, in Istio's order) the way Istio's in-proxy stats filter
+does: the reporter from the upstream cluster's inbound/outbound name, the local side from node
+metadata, the peer side from the peer-metadata header, Istio filter state or the mTLS SAN, and
+``unknown``/``latest``/``-``/``""`` exactly where Istio emits them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from telemetry.entries import HttpEntry, TcpEntry, TlsInfo
+from telemetry.identity import (
+    PEER_METADATA_HEADER,
+    UNKNOWN,
+    UNKNOWN_WORKLOAD,
+    NodeIdentity,
+    WorkloadIdentity,
+    decode_peer_header,
+    with_principal,
+    workload_from_peer_state,
+)
+
+#: Istio's full label set, verbatim and in Istio's order (istio_stats.cc ``all_tags_``).
+ISTIO_LABELS: tuple[str, ...] = (
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+    "response_code",
+    "grpc_response_status",
+)
+#: TCP metrics: everything but response_code and grpc_response_status.
+TCP_LABELS: tuple[str, ...] = ISTIO_LABELS[:23]
+#: gRPC message counters: reporter plus the 19 source_/destination_ labels.
+MESSAGE_LABELS: tuple[str, ...] = ISTIO_LABELS[:20]
+
+#: ALS ``ResponseFlags`` field -> Envoy's short code, in Envoy's order.
+RESPONSE_FLAG_CODES: tuple[tuple[str, str], ...] = (
+    ("failed_local_healthcheck", "LH"),
+    ("no_healthy_upstream", "UH"),
+    ("upstream_request_timeout", "UT"),
+    ("local_reset", "LR"),
+    ("upstream_remote_reset", "UR"),
+    ("upstream_connection_failure", "UF"),
+    ("upstream_connection_termination", "UC"),
+    ("upstream_overflow", "UO"),
+    ("no_route_found", "NR"),
+    ("delay_injected", "DI"),
+    ("fault_injected", "FI"),
+    ("rate_limited", "RL"),
+    ("unauthorized_details", "UAEX"),
+    ("rate_limit_service_error", "RLSE"),
+    ("downstream_connection_termination", "DC"),
+    ("upstream_retry_limit_exceeded", "URX"),
+    ("stream_idle_timeout", "SI"),
+    ("invalid_envoy_request_headers", "IH"),
+    ("downstream_protocol_error", "DPE"),
+    ("upstream_max_stream_duration_reached", "UMSDR"),
+    ("response_from_cache_filter", "RFCF"),
+    ("no_filter_config_found", "NFCF"),
+    ("duration_timeout", "DT"),
+    ("upstream_protocol_error", "UPE"),
+    ("no_cluster_found", "NC"),
+    ("overload_manager", "OM"),
+    ("dns_resolution_failure", "DF"),
+    ("downstream_remote_reset", "DR"),
+)
+_FLAG_ORDER = {name: i for i, (name, _) in enumerate(RESPONSE_FLAG_CODES)}
+_FLAG_CODE = dict(RESPONSE_FLAG_CODES)
+
+
+def short_flags(set_fields: list[str]) -> str:
+    """Envoy's ``%RESPONSE_FLAGS%`` for the set flag fields: codes in Envoy's order, or ``-``."""
+    if not set_fields:
+        return "-"
+    known = sorted((f for f in set_fields if f in _FLAG_CODE), key=_FLAG_ORDER.__getitem__)
+    return ",".join(_FLAG_CODE[f] for f in known) or "-"
+
+
+# HTTP status -> gRPC status when a gRPC response carries no grpc-status (Envoy's mapping).
+_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+REPORTER_SOURCE = "source"
+REPORTER_DESTINATION = "destination"
+REPORTER_WAYPOINT = "waypoint"
+
+
+def reporter_of(cluster: str, route_name: str, node: NodeIdentity) -> str:
+    """``destination`` for Istio's ``inbound|…`` clusters, ``source`` for ``outbound|…``.
+
+    Entries without a cluster (direct responses, no route) fall back to the route name in the
+    same form, then the logger's ``log_name`` (``inbound``/``outbound`` in it), then the node
+    kind (gateways report as ``source``, waypoints as ``waypoint``, sidecars as ``destination``).
+    """
+    for name in (cluster, route_name):
+        if name.startswith("inbound|"):
+            return REPORTER_DESTINATION
+        if name.startswith("outbound|"):
+            return REPORTER_SOURCE
+    log_name = node.log_name
+    if "outbound" in log_name:
+        return REPORTER_SOURCE
+    if "inbound" in log_name:
+        return REPORTER_DESTINATION
+    if node.node_type == "router":
+        return REPORTER_SOURCE
+    if node.node_type == "waypoint":
+        return REPORTER_WAYPOINT
+    return REPORTER_DESTINATION
+
+
+def cluster_service(cluster: str) -> str:
+    """The service host of ``outbound|port|subset|host`` (or ``inbound|port|subset|host``)."""
+    parts = cluster.split("|")
+    return parts[3] if len(parts) == 4 else ""
+
+
+def authority_host(authority: str) -> str:
+    """``host:port`` / ``[v6]:port`` -> host, lower-cased."""
+    host = authority.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host
+
+
+def _service_namespace(host: str) -> str:
+    # name.namespace.svc.<domain> is the Kubernetes service form; anything else has no namespace.
+    parts = host.split(".")
+    if len(parts) >= 3 and parts[2] == "svc":
+        return parts[1]
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelOptions:
+    """Knobs of the label computation."""
+
+    #: Use the Host/:authority header as destination_service when the cluster names no service
+    #: (Istio's default; the top source of destination_service cardinality, so it can be off).
+    host_header_fallback: bool = True
+
+
+def _peer(
+    headers: Mapping[str, str], state: Mapping[str, object] | None
+) -> WorkloadIdentity:
+    if state:
+        return workload_from_peer_state(state)
+    value = headers.get(PEER_METADATA_HEADER)
+    if value:
+        decoded = decode_peer_header(value)
+        if decoded is not None:
+            return decoded
+    return UNKNOWN_WORKLOAD
+
+
+def _side(w: WorkloadIdentity) -> tuple[str, ...]:
+    return (w.workload, w.namespace, w.principal, w.app, w.version)
+
+
+def _values(
+    reporter: str,
+    src: WorkloadIdentity,
+    dst: WorkloadIdentity,
+    service: str,
+    service_namespace: str,
+    protocol: str,
+    flags: str,
+    policy: str,
+    code: str,
+    grpc_status: str,
+) -> tuple[str, ...]:
+    service_name = service.split(".", 1)[0] if service and service != UNKNOWN else UNKNOWN
+    return (
+        reporter,
+        *_side(src), src.canonical_service, src.canonical_revision, src.cluster,
+        *_side(dst),
+        service or UNKNOWN, service_name, service_namespace or UNKNOWN,
+        dst.canonical_service, dst.canonical_revision, dst.cluster,
+        protocol, flags, policy, code, grpc_status,
+    )
+
+
+def _sides(
+    reporter: str,
+    node: NodeIdentity,
+    peer: WorkloadIdentity,
+    tls: TlsInfo | None,
+) -> tuple[WorkloadIdentity, WorkloadIdentity, str]:
+    local = node.workload
+    if reporter == REPORTER_DESTINATION:
+        # Server side: Envoy logs the downstream TLS, so both SANs are known under mTLS.
+        peer_uri = tls.peer_uri if tls else ""
+        local_uri = tls.local_uri if tls else ""
+        policy = "mutual_tls" if peer_uri and local_uri else "none"
+        return with_principal(peer, peer_uri), with_principal(local, local_uri), policy
+    # Client side: ALS carries no upstream TLS; Istio reports "unknown" here too.
+    return local, peer, "unknown"
+
+
+def http_label_values(
+    entry: HttpEntry, node: NodeIdentity, options: LabelOptions = LabelOptions()
+) -> tuple[str, ...]:
+    """The 25 Istio label values (``ISTIO_LABELS`` order) of an HTTP/gRPC entry."""
+    reporter = reporter_of(entry.upstream_cluster, entry.route_name, node)
+    inbound = reporter == REPORTER_DESTINATION
+    peer = _peer(entry.request_headers if inbound else entry.response_headers, entry.peer_state)
+    src, dst, policy = _sides(reporter, node, peer, entry.tls)
+    service = cluster_service(entry.upstream_cluster)
+    if not service and options.host_header_fallback and entry.authority:
+        service = authority_host(entry.authority)
+    if inbound:
+        service_ns = node.workload.namespace
+    else:
+        service_ns = _service_namespace(service) or peer.namespace
+    content_type = entry.request_headers.get("content-type", "")
+    grpc = content_type.startswith("application/grpc")
+    grpc_status = ""
+    if grpc:
+        grpc_status = (
+            entry.response_trailers.get("grpc-status")
+            or entry.response_headers.get("grpc-status")
+            or ""
+        )
+        if not grpc_status and entry.response_code not in (0, 200):
+            grpc_status = str(_HTTP_TO_GRPC.get(entry.response_code, 2))
+    return _values(
+        reporter, src, dst, service, service_ns, "grpc" if grpc else "http",
+        entry.response_flags, policy, str(entry.response_code), grpc_status,
+    )
+
+
+def tcp_label_values(
+    entry: TcpEntry, node: NodeIdentity, options: LabelOptions = LabelOptions()
+) -> tuple[str, ...]:
+    """The 25 label values of a TCP entry (the last two, absent on TCP metrics, are ``""``)."""
+    reporter = reporter_of(entry.upstream_cluster, entry.route_name, node)
+    inbound = reporter == REPORTER_DESTINATION
+    peer = workload_from_peer_state(entry.peer_state) if entry.peer_state else UNKNOWN_WORKLOAD
+    src, dst, policy = _sides(reporter, node, peer, entry.tls)
+    service = cluster_service(entry.upstream_cluster)
+    service_ns = node.workload.namespace if inbound else (
+        _service_namespace(service) or peer.namespace)
+    return _values(
+        reporter, src, dst, service, service_ns, "tcp", entry.response_flags, policy, "", "",
+    )

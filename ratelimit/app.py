@@ -1,0 +1,136 @@
+"""Wiring: settings -> config reloader + backend + limiter + servicer -> a runnable Service."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from envoy_mixer.errors import ConfigError
+from envoy_mixer.reload import Reloader
+from envoy_mixer.service import Service
+from envoy_mixer.snapshot import Snapshot
+from ratelimit.backends import Backend, create_backend
+from ratelimit.config import DescriptorNode, RateLimitConfig, load_config
+from ratelimit.limiter import Limiter, LimiterSettings
+from ratelimit.metrics import RateLimitMetrics
+from ratelimit.server import SERVICE_NAME, RateLimitServicer, register
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    """Everything ``mixer ratelimit`` is configured with besides addresses and logging."""
+
+    config: Path
+    backend: str = "memory"
+    redis_url: str | None = None
+    redis_mode: str = "single"
+    redis_timeout: float = 0.25
+    redis_pool_size: int = 32
+    redis_prefix: str = "mixer:rl:"
+    reload_interval: float = 0.5
+    limiter: LimiterSettings = field(default_factory=LimiterSettings)
+
+
+@dataclass
+class RateLimitApp:
+    """The built pieces, kept together so tests can reach them."""
+
+    service: Service
+    servicer: RateLimitServicer
+    backend: Backend
+    snapshot: Snapshot[RateLimitConfig]
+    reloader: Reloader[RateLimitConfig]
+    metrics: RateLimitMetrics
+    registry: CollectorRegistry
+
+
+def build(settings: RateLimitSettings, registry: CollectorRegistry | None = None) -> RateLimitApp:
+    """Build the service (nothing starts until ``envoy_mixer.service.start``/``run``)."""
+    registry = registry or CollectorRegistry()
+    metrics = RateLimitMetrics(registry)
+    snapshot: Snapshot[RateLimitConfig] = Snapshot()
+
+    def load() -> RateLimitConfig:
+        try:
+            config = load_config(settings.config)
+        except ConfigError:
+            metrics.config_load_error.inc()
+            raise
+        metrics.config_load_success.inc()
+        return config
+
+    reloader = Reloader(
+        service="ratelimit", paths=[settings.config], load=load, snapshot=snapshot,
+        registry=registry, interval=settings.reload_interval,
+    )
+    backend = create_backend(
+        settings.backend, redis_url=settings.redis_url, redis_mode=settings.redis_mode,
+        redis_timeout=settings.redis_timeout, redis_pool_size=settings.redis_pool_size,
+        redis_prefix=settings.redis_prefix,
+    )
+    servicer = RateLimitServicer(Limiter(backend, settings.limiter), snapshot, metrics)
+
+    def describe() -> dict[str, Any]:
+        return {
+            "backend": backend.name,
+            "redis": getattr(backend, "url", None),
+            "settings": {
+                "shadow_mode": settings.limiter.shadow_mode,
+                "near_limit_ratio": settings.limiter.near_limit_ratio,
+                "local_cache": settings.limiter.local_cache,
+                "response_headers": settings.limiter.response_headers,
+                "redis_timeout": settings.redis_timeout,
+            },
+            "domains": snapshot.get().describe() if snapshot.loaded else None,
+        }
+
+    async def rlconfig(_: web.Request) -> web.Response:
+        # One line per limit, like envoyproxy/ratelimit's debug page.
+        lines: list[str] = []
+
+        def walk(domain: str, nodes: tuple[DescriptorNode, ...]) -> None:
+            for node in nodes:
+                for lim in node.limits:
+                    text = "unlimited" if lim.unlimited else (
+                        f"unit={lim.unit.upper()} requests_per_unit={lim.requests_per_unit}"
+                        f", algorithm={lim.algorithm.value}"
+                    )
+                    lines.append(f"{domain}.{node.stats_key}: {text}, "
+                                 f"shadow_mode: {str(node.shadow_mode).lower()}")
+                walk(domain, node.ordered_children)
+
+        if snapshot.loaded:
+            for dom in snapshot.get().by_domain.values():
+                walk(dom.name, dom.ordered)
+        return web.Response(text="\n".join(lines) + "\n")
+
+    async def watch_backend() -> None:
+        # Readiness follows the backend; while it is down, probe so health recovers on its own.
+        ping = getattr(backend, "ping", None)
+        while ping is not None:
+            await asyncio.sleep(1.0)
+            if not backend.healthy():
+                await ping()
+
+    def register_servicer(server: grpc.aio.Server) -> None:
+        register(server, servicer)
+
+    service = Service(
+        name="ratelimit",
+        grpc_services=[SERVICE_NAME],
+        register=register_servicer,
+        registry=registry,
+        reloader=reloader,
+        describe=describe,
+        routes=[web.get("/rlconfig", rlconfig)],
+        tasks=[watch_backend],
+        cleanup=[backend.close],
+        ready=backend.healthy,
+    )
+    return RateLimitApp(service, servicer, backend, snapshot, reloader, metrics, registry)

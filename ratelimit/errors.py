@@ -1,0 +1,39 @@
+"""Exceptions of the rate limit service.
+
+Class tree::
+
+    MixerError                       (envoy_mixer.errors)
+    ├── ConfigError                  a limits file is invalid (envoy_mixer.errors, reused as is)
+    └── RateLimitError               base of this package's runtime errors
+        ├── InvalidRequestError      the request cannot be evaluated (empty domain, no descriptors)
+        └── BackendError             the counter store failed or timed out (Redis down)
+
+Only the gRPC servicer maps these to status codes: InvalidRequestError -> INVALID_ARGUMENT,
+BackendError -> UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+from envoy_mixer.errors import ConfigError, MixerError
+
+__all__ = ["BackendError", "ConfigError", "InvalidRequestError", "RateLimitError"]
+
+
+class RateLimitError(MixerError):
+    """Base class of the rate limit service's runtime errors."""
+
+
+class InvalidRequestError(RateLimitError):
+    """A ShouldRateLimit request that cannot be evaluated (the message says why)."""
+
+
+class BackendError(RateLimitError):
+    """The counter backend failed or did not answer within its timeout.
+
+    ``kind`` is a stable, low-cardinality reason used as a metric label
+    (``timeout``, ``connection``, ``response``).
+    """
+
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind

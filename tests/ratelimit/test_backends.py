@@ -1,0 +1,174 @@
+"""Backends: the same behaviour from memory and Redis; Redis round trips, keys and failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from envoy_mixer import procs
+from ratelimit.backends import Backend, CounterOp
+from ratelimit.backends.redis import RedisBackend
+from ratelimit.config import load_texts
+from ratelimit.errors import BackendError
+from ratelimit.limiter import Code, Descriptor, Limiter, LimiterSettings, Request
+
+
+async def test_fixed_ops_increment_and_read(backend: Backend) -> None:
+    """INCRBY semantics: results are counts after the addend; addend 0 only reads."""
+    ops = [CounterOp("a_1", 1, 60), CounterOp("b_1", 5, 60)]
+    assert await backend.apply(ops) == [1, 5]
+    assert await backend.apply(ops) == [2, 10]
+    assert await backend.apply([CounterOp("a_1", 0, 60), CounterOp("new_1", 0, 60)]) == [2, 0]
+
+
+async def test_sliding_ops_only_count_admitted_hits(backend: Backend) -> None:
+    """A sliding op adds the weighted previous window and counts only admitted hits."""
+    prev = CounterOp("{s}sw_0", 4, 120, prev_key="{s}sw_-60", prev_weight=0.0, limit=10)
+    assert await backend.apply([prev]) == [4]
+    cur = CounterOp("{s}sw_60", 3, 120, prev_key="{s}sw_0", prev_weight=0.5, limit=6)
+    assert await backend.apply([cur]) == [5]  # floor(4 * 0.5) + 0 + 3, admitted
+    assert await backend.apply([cur]) == [8]  # 2 + 3 + 3 > 6: rejected, not counted
+    check = CounterOp("{s}sw_60", 0, 120, prev_key="{s}sw_0", prev_weight=0.5, limit=6)
+    assert await backend.apply([check]) == [5]
+
+
+async def test_limiter_over_both_backends(backend: Backend, clock: Any) -> None:
+    """The same limiter sequence gives the same answers on every backend."""
+    config = load_texts([("t.yaml", "domain: d\ndescriptors:\n  - key: k\n    rate_limit: "
+                                    "{unit: minute, requests_per_unit: 3}\n")])
+    limiter = Limiter(backend, LimiterSettings(local_cache=False), clock=clock)
+    req = Request("d", (Descriptor((("k", "v"),)), Descriptor((("k", "w"),))))
+    answers = [(await limiter.decide(config, req)).statuses[0].remaining for _ in range(4)]
+    assert answers == [2, 1, 0, 0]
+
+
+async def test_memory_keys_expire(clock: Any) -> None:
+    """Memory counters disappear after their TTL."""
+    from ratelimit.backends import MemoryBackend
+
+    backend = MemoryBackend(clock)
+    await backend.apply([CounterOp("k", 2, 10)])
+    clock.advance(10)
+    assert await backend.apply([CounterOp("k", 0, 10)]) == [0]
+
+
+async def test_redis_keys_namespaced_and_expiring(redis_url: str) -> None:
+    """Redis keys carry the prefix and a TTL no longer than the window."""
+    backend = RedisBackend(redis_url, prefix="mixer:rl:")
+    try:
+        await backend.apply([CounterOp("d_k_v_60", 1, 60),
+                             CounterOp("{d_k_v_}sw_60", 1, 120, "{d_k_v_}sw_0", 0.5, 5)])
+    finally:
+        await backend.close()
+    client = redis.Redis.from_url(redis_url)
+    assert sorted(client.keys("*")) == [b"mixer:rl:d_k_v_60", b"mixer:rl:{d_k_v_}sw_60"]
+    assert 0 < client.ttl("mixer:rl:d_k_v_60") <= 60
+    assert 60 < client.ttl("mixer:rl:{d_k_v_}sw_60") <= 120
+    client.close()
+
+
+async def test_redis_one_round_trip_per_request(redis_url: str) -> None:
+    """Five descriptors cost exactly one EVALSHA (after the script is loaded)."""
+    config = load_texts([("t.yaml", "domain: d\ndescriptors:\n  - key: k\n    rate_limit: "
+                                    "{unit: minute, requests_per_unit: 3}\n")])
+    backend = RedisBackend(redis_url)
+    limiter = Limiter(backend)
+    req = Request("d", tuple(Descriptor((("k", str(i)),)) for i in range(5)))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        await limiter.decide(config, req)
+        client.config_resetstat()
+        await limiter.decide(config, req)
+        stats = client.info("commandstats")
+    finally:
+        await backend.close()
+        client.close()
+    calls = {name: v["calls"] for name, v in stats.items() if name.startswith("cmdstat_")}
+    assert calls.get("cmdstat_evalsha") == 1
+    assert calls.get("cmdstat_incrby") == 5
+    assert "cmdstat_eval" not in calls
+
+
+async def test_two_replicas_on_one_redis_admit_exactly_the_limit(redis_url: str) -> None:
+    """Two independent limiters on one Redis, 200 concurrent requests, limit 50 -> 50 admitted."""
+    config = load_texts([("t.yaml", "domain: d\ndescriptors:\n  - key: k\n    rate_limit: "
+                                    "{unit: day, requests_per_unit: 50}\n")])
+    backends = [RedisBackend(redis_url, timeout=2.0), RedisBackend(redis_url, timeout=2.0)]
+    limiters = [Limiter(b) for b in backends]
+    req = Request("d", (Descriptor((("k", "shared"),)),))
+    try:
+        decisions = await asyncio.gather(
+            *(limiters[i % 2].decide(config, req) for i in range(200))
+        )
+    finally:
+        for b in backends:
+            await b.close()
+    assert sum(d.overall is Code.OK for d in decisions) == 50
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Any:
+    """A redis-server this test may stop and restart (not the shared module one)."""
+    port = procs.free_port()
+    started: list[procs.ManagedProcess] = []
+
+    def start() -> procs.ManagedProcess:
+        proc = procs.redis_process(port, tmp_path).start()
+        started.append(proc)
+        proc.wait_ready(15)
+        return proc
+
+    start.port = port  # type: ignore[attr-defined]
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+async def test_redis_down_fails_fast_and_recovers(own_redis: Any) -> None:
+    """Redis stopped: BackendError within the timeout; restarted on the same port: works again."""
+    proc = own_redis()
+    backend = RedisBackend(f"redis://127.0.0.1:{own_redis.port}/0", timeout=0.2)
+    op = [CounterOp("k_1", 1, 60)]
+    try:
+        assert await backend.apply(op) == [1]
+        proc.stop()
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(BackendError):
+                await backend.apply(op)
+            assert time.monotonic() - started < 0.5
+        assert not backend.healthy()
+        own_redis()
+        assert await backend.ping()
+        assert await backend.apply(op) == [1]  # a fresh Redis: the counter starts over
+        assert backend.healthy()
+    finally:
+        await backend.close()
+
+
+async def test_redis_unresponsive_times_out(own_redis: Any) -> None:
+    """A Redis that accepts but never answers (SIGSTOP) hits the timeout, not a hang."""
+    import signal
+
+    proc = own_redis()
+    backend = RedisBackend(f"redis://127.0.0.1:{own_redis.port}/0", timeout=0.2)
+    try:
+        await backend.apply([CounterOp("k_1", 1, 60)])
+        proc.signal(signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(BackendError) as info:
+            await backend.apply([CounterOp("k_1", 1, 60)])
+        assert info.value.kind == "timeout"
+        assert time.monotonic() - started < 0.5
+        proc.signal(signal.SIGCONT)
+        # The timed-out call had already been written, so Redis applies it once it resumes:
+        # a timeout answers UNAVAILABLE but may still have counted the hit.
+        assert await backend.apply([CounterOp("k_1", 1, 60)]) == [3]
+    finally:
+        proc.signal(signal.SIGCONT)
+        await backend.close()

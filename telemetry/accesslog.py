@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import random
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from telemetry.entries import HttpEntry, TcpEntry
+from telemetry.entries import HttpEntry, TcpEntry, TlsInfo
 from telemetry.identity import NodeIdentity
 from telemetry.labels import ISTIO_LABELS
 
@@ -46,7 +46,14 @@ def entry_record(
 ) -> dict[str, Any]:
     """The JSON object written for one entry."""
     record: dict[str, Any] = {"type": "http" if isinstance(entry, HttpEntry) else "tcp"}
-    data = asdict(entry)
+    data: dict[str, Any] = {}
+    for f in fields(entry):
+        value = getattr(entry, f.name)
+        if isinstance(value, Mapping):
+            value = dict(value)
+        elif isinstance(value, TlsInfo):
+            value = {"peer_uri": value.peer_uri, "local_uri": value.local_uri}
+        data[f.name] = value
     data["start_time"] = _iso(entry.start_time) if entry.start_time else None
     if isinstance(entry, TcpEntry):
         data["event"] = entry.event.value

@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from envoy_mixer.errors import ConfigError
+from envoy_mixer.errors import ConfigError, ConfigErrors
 from envoy_mixer.yamlsrc import SourceDoc, iter_documents, pydantic_errors
 from telemetry.labels import ISTIO_LABELS, MESSAGE_LABELS, TCP_LABELS
 
@@ -435,5 +435,16 @@ def load_config(path: Path | None) -> TelemetryConfig:
     try:
         model = TelemetryModel.model_validate(doc.data)
     except ValidationError as exc:
-        raise pydantic_errors(doc, exc) from exc
+        raise _tidy(pydantic_errors(doc, exc)) from exc
     return compile_model(model, doc)
+
+
+def _tidy(error: ConfigError) -> ConfigError:
+    """Drop pydantic's "Value error, " prefix from our own validators' messages."""
+    errors = error.errors if isinstance(error, ConfigErrors) else [error]
+    tidy = [
+        ConfigError(e.message.removeprefix("Value error, "), file=e.file, line=e.line,
+                    field=e.field)
+        for e in errors
+    ]
+    return tidy[0] if len(tidy) == 1 else ConfigErrors(tidy)

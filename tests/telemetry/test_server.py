@@ -218,3 +218,43 @@ def test_tcp_entry_maps_event_types() -> None:
     pb.common_properties.access_log_type = accesslog_pb2.TcpPeriodic
     entry = tcp_entry(pb)
     assert (entry.event, entry.received_bytes, entry.sent_bytes) == (TcpEvent.PERIODIC, 10, 20)
+
+
+def test_reload_swaps_config_and_keeps_old_on_error(tmp_path: Path) -> None:
+    """A good edit reconfigures the pipeline; a bad edit keeps the running config."""
+    config = tmp_path / "telemetry.yaml"
+    config.write_text("graph: {window_seconds: 30}\n")
+    telemetry = build(config)
+    reloader = telemetry.service.reloader
+    assert reloader is not None and reloader.reload()
+    assert telemetry.pipeline.graph.window == 30
+    config.write_text("metrics:\n  overrides:\n    - match: REQUEST_SIZE\n      disabled: true\n")
+    assert reloader.reload()
+    assert telemetry.pipeline.recorder.stores.get("istio_request_bytes") is None
+    config.write_text("graph: {window_seconds: -1}\n")
+    assert not reloader.reload()
+    assert telemetry.snapshot.get().disabled == {"istio_request_bytes"}
+    assert reloader.last_error is not None and reloader.last_error.line == 1
+
+
+@pytest.mark.slow
+def test_mixer_telemetry_subprocess_serves_admin_routes(
+    start_mixer, free_port, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """`mixer telemetry --config examples/telemetry.yaml` serves /config, /graph and /metrics."""
+    import json
+    import urllib.request
+
+    repo = Path(__file__).resolve().parents[2]
+    grpc_port, admin = free_port(), free_port()
+    start_mixer(["telemetry", "--config", str(repo / "examples" / "telemetry.yaml"),
+                 "--listen", f"127.0.0.1:{grpc_port}", "--admin", f"127.0.0.1:{admin}"], admin)
+
+    def get(path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    described = json.loads(get("/config"))["config"]
+    assert described["metrics"][0]["added"] == {"api_version": "request.headers['x-api-version']"}
+    assert json.loads(get("/graph"))["edges"] == []
+    assert "mixer_telemetry_entries_received_total" in get("/metrics")

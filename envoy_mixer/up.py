@@ -34,7 +34,7 @@ from envoy_mixer.envoyconfig.ratelimit_actions import Actions, actions_from_conf
 from envoy_mixer.envoyconfig.render import to_yaml
 from envoy_mixer.errors import ConfigError, MixerError
 
-EXAMPLE_FILES = {"policy": "policy.yaml", "ratelimit": "ratelimit.yaml",
+EXAMPLE_FILES = {"authz": "policy.yaml", "ratelimit": "ratelimit.yaml",
                  "telemetry": "telemetry.yaml"}
 
 #: The three demo requests: (label, path, expected status).
@@ -147,7 +147,7 @@ def build_processes(run: MeshRun, redis_url: str | None) -> dict[str, procs.Mana
     limits_backend = ["--backend", "redis", "--redis-url", redis_url] if redis_url else [
         "--backend", "memory"]
     services = {
-        "authz": ["authz", "--policy", str(ex / EXAMPLE_FILES["policy"]),
+        "authz": ["authz", "--policy", str(ex / EXAMPLE_FILES["authz"]),
                   "--listen", str(s.authz), "--admin", f"127.0.0.1:{admin['authz']}"],
         "ratelimit": ["ratelimit", "--config", str(ex / EXAMPLE_FILES["ratelimit"]),
                       "--listen", str(s.ratelimit), "--admin", f"127.0.0.1:{admin['ratelimit']}",

@@ -287,9 +287,11 @@ def sidecar(
     Inbound: ext_authz with the workload's identity, the ratelimit filter, access log with
     log name ``sidecar-inbound``; the response carries this workload's peer metadata.
     Outbound (only with ``outbound_port``): routes by Host to each upstream on its
-    ``outbound|<port>||<fqdn>`` cluster, adds this workload's peer metadata to requests, logs
-    as ``sidecar-outbound``. Authorization is enforced server-side (inbound), as in Istio, so
-    the outbound listener disables ext_authz; outbound quotas use the same ratelimit filter.
+    ``outbound|<port>||<fqdn>`` cluster, rewrites Host to the FQDN (so the server-side
+    reporter names the same ``destination_service``), adds this workload's peer metadata to
+    requests, logs as ``sidecar-outbound``. Authorization is enforced server-side (inbound),
+    as in Istio, so the outbound listener disables ext_authz; outbound quotas use the same
+    ratelimit filter.
     """
     inbound_cluster = f"inbound|{service_port}||"
     tracing = tracing_config(f"{workload.name}.{workload.namespace}") if options.tracing else None
@@ -321,6 +323,7 @@ def sidecar(
                 "domains": up.domains,
                 "routes": [{"name": up.service, "match": {"prefix": "/"},
                             "route": {"cluster": up.cluster_name,
+                                      "host_rewrite_literal": up.fqdn,
                                       "timeout": options.route_timeout}}],
                 "request_headers_to_add": peer_headers(workload, "sidecar"),
                 "typed_per_filter_config": {"envoy.filters.http.ext_authz": authz_disabled()},
@@ -354,7 +357,8 @@ def ingress_gateway(
     """The ingress gateway: the mesh's front door, routing everything to ``upstream``.
 
     It is the edge (``use_remote_address``), so ``remote_address`` rate limits see the real
-    client. ext_authz runs with the gateway's identity (policies select it by label),
+    client. Host is rewritten to the upstream's FQDN, as a sidecar does. ext_authz runs with
+    the gateway's identity (policies select it by label),
     the rate limits derived from the config apply to every proxied route.
     """
     tracing = tracing_config(f"{workload.name}.{workload.namespace}") if options.tracing else None
@@ -364,7 +368,8 @@ def ingress_gateway(
         "routes": [
             health_route(),
             {"name": upstream.service, "match": {"prefix": "/"},
-             "route": {"cluster": upstream.cluster_name, "timeout": options.route_timeout}},
+             "route": {"cluster": upstream.cluster_name, "host_rewrite_literal": upstream.fqdn,
+                       "timeout": options.route_timeout}},
         ],
         "request_headers_to_add": peer_headers(workload, "router"),
         "typed_per_filter_config": {"envoy.filters.http.ext_authz": authz_per_route(workload)},

@@ -606,10 +606,12 @@ class _Compiler:
         for i, v in enumerate(values):
             if v == "":
                 raise self.error("empty string is not a valid value", *where, i)
-        try:
-            return StringMatch.compile(values, ignore_case=ignore_case, templates=templates)
-        except TemplateError as exc:
-            raise self.error(str(exc), *where) from None
+        for i, v in enumerate(values):
+            try:
+                StringMatch.compile([v], ignore_case=ignore_case, templates=templates)
+            except TemplateError as exc:
+                raise self.error(str(exc), *where, i) from None
+        return StringMatch.compile(values, ignore_case=ignore_case, templates=templates)
 
     def ips(self, values: Sequence[str], where: tuple[str | int, ...]) -> IpMatch:
         for i, v in enumerate(values):
@@ -725,8 +727,9 @@ class _Compiler:
         label = f"when[{where[-1]}]"
         if not cond.values and not cond.not_values:
             raise self.error("condition needs at least one of values or notValues", *where)
-        if key in _UNSUPPORTED_KEYS:
-            raise self.error(f"unknown attribute: {_UNSUPPORTED_KEYS[key]}", *where, "key")
+        base_key = key.partition("[")[0]
+        if base_key in _UNSUPPORTED_KEYS:
+            raise self.error(f"unknown attribute: {_UNSUPPORTED_KEYS[base_key]}", *where, "key")
         getter: _Getter
         many = False
         kind: str
@@ -907,7 +910,7 @@ def _timeout_seconds(doc: SourceDoc, value: str | None, where: tuple[str | int, 
 
 
 def _compile_authn(doc: SourceDoc, resource: ResourceModel, namespace: str,
-                   base: tuple[str | int, ...]) -> Authentication:
+                   base: tuple[str | int, ...], root: Path) -> Authentication:
     try:
         spec = RequestAuthenticationSpec.model_validate(resource.spec)
     except ValidationError as exc:
@@ -915,7 +918,6 @@ def _compile_authn(doc: SourceDoc, resource: ResourceModel, namespace: str,
     selector = _scope(doc, spec, base)
     key = f"{namespace}/{resource.metadata.name}"
     rules: list[JwtRule] = []
-    root = Path(doc.file).parent
     for i, r in enumerate(spec.jwt_rules):
         where = (*base, "spec", "jwtRules", i)
         if not r.issuer.strip():
@@ -1012,9 +1014,13 @@ def _resources(doc: SourceDoc) -> Iterable[tuple[tuple[str | int, ...], Any]]:
 
 def compile_documents(
     docs: Iterable[SourceDoc], *, default_namespace: str = "default",
-    root_namespace: str = "istio-system",
+    root_namespace: str = "istio-system", base_dir: Path | None = None,
 ) -> PolicySet:
-    """Compile YAML documents into a PolicySet; all errors found are raised together."""
+    """Compile YAML documents into a PolicySet; all errors found are raised together.
+
+    ``base_dir`` resolves relative ``file://`` jwksUri values (default: the working directory).
+    """
+    root = base_dir or Path.cwd()
     policies: list[Policy] = []
     authns: list[Authentication] = []
     errors: list[ConfigError] = []
@@ -1057,7 +1063,7 @@ def compile_documents(
                     policies.append(_compile_policy(doc, resource, namespace, base,
                                                     len(policies)))
                 else:
-                    authns.append(_compile_authn(doc, resource, namespace, base))
+                    authns.append(_compile_authn(doc, resource, namespace, base, root))
             except ConfigErrors as exc:
                 errors.extend(exc.errors)
             except ConfigError as exc:
@@ -1081,8 +1087,10 @@ def load_policies(
             errors.append(exc)
     if errors:
         raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+    path = Path(path)
     return compile_documents(docs, default_namespace=default_namespace,
-                             root_namespace=root_namespace)
+                             root_namespace=root_namespace,
+                             base_dir=path if path.is_dir() else path.parent)
 
 
 def load_text(text: str, file: str = "policy.yaml", **kwargs: Any) -> PolicySet:

@@ -1,0 +1,104 @@
+"""`mixer authz` command line: serve form parsing, explain and test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from envoy_mixer.cli import build_parser, main
+from extauthz import cli
+
+DATA = Path(__file__).parent / "testdata" / "cli"
+POLICY = str(DATA / "policy.yaml")
+
+
+def test_serve_form_parses_with_listen_and_admin() -> None:
+    """`mixer authz --policy P --listen H:P --admin H:P` selects the serve handler."""
+    args = build_parser().parse_args(
+        ["authz", "--policy", "p.yaml", "--listen", "127.0.0.1:1", "--admin", "127.0.0.1:2",
+         "--root-namespace", "mesh", "--trusted-proxies", "2"])
+    assert args.func is cli.serve_command
+    assert (args.policy, args.listen, args.admin) == ("p.yaml", "127.0.0.1:1", "127.0.0.1:2")
+    assert (args.root_namespace, args.trusted_proxies) == ("mesh", 2)
+
+
+def test_serve_without_policy_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """Serving needs --policy."""
+    assert main(["authz"]) == 2
+    assert "--policy PATH is required" in capsys.readouterr().err
+
+
+def test_explain_deny_names_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    """explain prints the verdict, the deciding rule and why other policies did not match."""
+    code = main(["authz", "explain", "--policy", POLICY, "--path", "/admin/x", "--method",
+                 "GET", "--namespace", "foo", "--label", "app=httpbin",
+                 "--source-principal", "spiffe://cluster.local/ns/default/sa/sleep"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "verdict: DENY (403)" in out
+    assert "decided by: ns[foo]-policy[deny-admin]-rule[0] (DENY)" in out
+    assert "ns[foo]-policy[httpbin-viewer]-rule[1]: no match: 'when' condition fails: " \
+           "when[0].values: request.headers[x-debug] <absent> matches none of ['yes']" in out
+
+
+def test_explain_json_allow(capsys: pytest.CaptureFixture[str]) -> None:
+    """explain --json gives machine-readable output and exit 0 on allow."""
+    code = cli.main(["explain", "--policy", POLICY, "--path", "/get", "--namespace", "foo",
+                     "--label", "app=httpbin", "-H", "x-debug: yes", "--method", "PUT", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert data["decision"]["rule"] == "ns[foo]-policy[httpbin-viewer]-rule[1]"
+
+
+def test_explain_with_jwt_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                               signer: Any) -> None:
+    """--jwt is authenticated like a Bearer token and reported."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"""
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt}}
+spec:
+  jwtRules: [{{issuer: "{signer.issuer}", jwks: {json.dumps(signer.jwks)}}}]
+""")
+    assert cli.main(["explain", "--policy", str(policy), "--jwt", signer.token()]) == 0
+    assert f"request.auth.principal={signer.issuer}/alice" in capsys.readouterr().out
+    assert cli.main(["explain", "--policy", str(policy), "--jwt", "x.y.z"]) == 1
+    assert "verdict: UNAUTHENTICATED (401)" in capsys.readouterr().out
+
+
+def test_test_command_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    """A table whose expectations hold exits 0."""
+    assert main(["authz", "test", "--policy", POLICY, str(DATA / "cases.yaml"), "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "4 passed, 0 failed" in out
+    assert "PASS debug header opens it: allow by ns[foo]-policy[httpbin-viewer]-rule[1]" in out
+
+
+def test_test_command_reports_mismatches(capsys: pytest.CaptureFixture[str]) -> None:
+    """Mismatches are listed with file:line and the command exits 1."""
+    cases = DATA / "failing_cases.yaml"
+    assert main(["authz", "test", "--policy", POLICY, str(cases)]) == 1
+    out = capsys.readouterr().out
+    assert (f"FAIL anonymous GET (wrongly expected allow) ({cases}:5): expected allow, got deny "
+            "(no ALLOW policy matched)") in out
+    assert "expected policy foo/httpbin-viewer, got foo/deny-admin" in out
+    assert "0 passed, 2 failed" in out
+
+
+def test_test_command_bad_cases_file(capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed cases file exits 2 naming file, line and field."""
+    cases = DATA / "bad_cases.yaml"
+    assert main(["authz", "test", "--policy", POLICY, str(cases)]) == 2
+    assert f"{cases}: unknown key 'pth' (line 3, field cases[0].request.pth)" in \
+        capsys.readouterr().err
+
+
+def test_policy_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """explain on a broken policy file exits 2 with the located error."""
+    bad = Path(__file__).parent / "testdata" / "errors" / "bad_cidr.yaml"
+    assert cli.main(["explain", "--policy", str(bad)]) == 2
+    assert "bad_cidr.yaml: invalid IP address" in capsys.readouterr().err

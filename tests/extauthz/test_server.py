@@ -1,0 +1,216 @@
+"""The servicer through a real in-process gRPC server and stub."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from envoy_mixer.service import RunningService, start
+from envoy_mixer.settings import ServerSettings
+from extauthz.app import build_service
+
+POLICY = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: teapot
+  namespace: foo
+  annotations:
+    authz.envoy-mixer.io/deny-status: "418"
+    authz.envoy-mixer.io/deny-body: "short and stout"
+    authz.envoy-mixer.io/deny-headers: '{"x-why": "teapot"}'
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/tea"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: dry
+  namespace: foo
+  annotations: {istio.io/dry-run: "true"}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/dry"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit, namespace: foo}
+spec:
+  action: AUDIT
+  rules: [{to: [{operation: {paths: ["/audited"]}}]}]
+"""
+
+
+def jwt_policy(signer: Any) -> str:
+    """RequestAuthentication with claim/payload forwarding for namespace foo."""
+    return f"""
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: foo}}
+spec:
+  jwtRules:
+  - issuer: {signer.issuer}
+    jwks: {json.dumps(signer.jwks)}
+    outputClaimToHeaders: [{{header: x-user, claim: sub}}]
+"""
+
+
+class Running:
+    """A started service plus a stub."""
+
+    def __init__(self, running: RunningService, stub: Any, registry: CollectorRegistry,
+                 policy: Path) -> None:
+        self.running = running
+        self.stub = stub
+        self.registry = registry
+        self.policy = policy
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Current value of a sample (0 when absent)."""
+        value = self.registry.get_sample_value(name, labels)
+        return value or 0.0
+
+
+@pytest.fixture
+async def service(tmp_path: Path, signer: Any) -> AsyncIterator[Running]:
+    """The authz service on free ports with POLICY + a JWT rule loaded."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY + jwt_policy(signer))
+    registry = CollectorRegistry()
+    svc = build_service(policy, registry=registry, reload_interval=0.05)
+    running = await start(svc, ServerSettings("authz", "127.0.0.1:0", "127.0.0.1:0"))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}")
+    try:
+        yield Running(running, external_auth_pb2_grpc.AuthorizationStub(channel), registry,
+                      policy)
+    finally:
+        await channel.close()
+        await running.stop(0)
+
+
+def check_request(path: str, *, headers: dict[str, str] | None = None, method: str = "GET",
+                  ns: str = "foo") -> external_auth_pb2.CheckRequest:
+    """A CheckRequest like Envoy's, with the workload namespace as a context extension."""
+    ctx = attribute_context_pb2.AttributeContext
+    attrs = ctx(
+        source=ctx.Peer(principal="spiffe://cluster.local/ns/default/sa/sleep"),
+        request=ctx.Request(http=ctx.HttpRequest(
+            id="req-1", method=method, path=path, host="httpbin.foo", headers=headers or {})),
+        context_extensions={"namespace": ns, "label.app": "httpbin"},
+    )
+    attrs.source.address.socket_address.address = "10.0.0.7"
+    attrs.source.address.socket_address.port_value = 5555
+    return external_auth_pb2.CheckRequest(attributes=attrs)
+
+
+async def test_allow_and_default_deny_body(service: Running) -> None:
+    """Allowed -> OK status; denied -> 403 'RBAC: access denied' with code PERMISSION_DENIED."""
+    ok = await service.stub.Check(check_request("/get"))
+    assert ok.status.code == 0 and ok.HasField("ok_response")
+    denied = await service.stub.Check(check_request("/admin/x?y=1"))
+    assert denied.status.code == 7
+    assert denied.denied_response.status.code == 403
+    assert denied.denied_response.body == "RBAC: access denied"
+    assert service.metric("mixer_authz_decisions_total", result="deny") == 1
+    assert service.metric("mixer_authz_policy_decisions_total", policy="foo/deny-admin",
+                          result="deny") == 1
+
+
+async def test_custom_deny_response(service: Running) -> None:
+    """The opt-in annotations shape the denied response."""
+    resp = await service.stub.Check(check_request("/tea"))
+    assert resp.denied_response.status.code == 418
+    assert resp.denied_response.body == "short and stout"
+    headers = {o.header.key: o.header.value for o in resp.denied_response.headers}
+    assert headers["x-why"] == "teapot"
+
+
+async def test_jwt_headers_and_401(service: Running, signer: Any) -> None:
+    """A valid JWT adds claim headers and strips the token; an invalid one gets 401."""
+    good = await service.stub.Check(check_request(
+        "/get", headers={"authorization": f"Bearer {signer.token()}"}))
+    added = {o.header.key: o.header.value for o in good.ok_response.headers}
+    assert added == {"x-user": "alice"}
+    assert list(good.ok_response.headers_to_remove) == ["authorization"]
+    bad = await service.stub.Check(check_request(
+        "/get", headers={"authorization": "Bearer a.b.c"}))
+    assert (bad.status.code, bad.denied_response.status.code) == (16, 401)
+    assert service.metric("mixer_authz_decisions_total", result="unauthenticated") == 1
+
+
+async def test_dry_run_and_audit_logged_and_counted(service: Running,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Dry-run deny allows but logs/counts; audit logs/counts; deny logs one line with policy."""
+    caplog.set_level(logging.INFO, logger="extauthz.decisions")
+    dry = await service.stub.Check(check_request("/dry"))
+    assert dry.status.code == 0
+    await service.stub.Check(check_request("/audited"))
+    await service.stub.Check(check_request("/admin"))
+    events = {r.getMessage(): r.mixer_fields for r in caplog.records}  # type: ignore[attr-defined]
+    assert events["authz_dry_run_denied"]["rule"] == "ns[foo]-policy[dry]-rule[0]"
+    assert events["authz_audit"]["policy"] == "foo/audit"
+    assert events["authz_denied"]["rule"] == "ns[foo]-policy[deny-admin]-rule[0]"
+    assert events["authz_denied"]["path"] == "/admin"
+    assert service.metric("mixer_authz_decisions_total", result="dry_run_deny") == 1
+    assert service.metric("mixer_authz_decisions_total", result="audit") == 1
+
+
+async def test_empty_request_is_answered(service: Running) -> None:
+    """A CheckRequest with nothing in it gets a decision, not a crash."""
+    resp = await service.stub.Check(external_auth_pb2.CheckRequest())
+    assert resp.status.code == 0  # default namespace has no policies -> allow
+
+
+async def test_reload_swaps_and_bad_file_keeps_old(service: Running) -> None:
+    """A valid edit takes effect; a broken edit keeps the previous policies and counts an error."""
+    service.policy.write_text(POLICY.replace("/admin*", "/secret"))
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if (await service.stub.Check(check_request("/secret"))).status.code == 7:
+            break
+    assert (await service.stub.Check(check_request("/admin"))).status.code == 0
+    service.policy.write_text("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                              "metadata: {name: x}\nspec: {action: NOPE}\n")
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if service.metric("mixer_config_loads_total", service="authz", result="error"):
+            break
+    assert service.metric("mixer_config_loads_total", service="authz", result="error") == 1
+    assert (await service.stub.Check(check_request("/secret"))).status.code == 7
+    err = service.running.service.reloader.last_error  # type: ignore[union-attr]
+    assert (err.file, err.line, err.field) == ("policy.yaml", 4, "spec.action")
+
+
+async def test_not_loaded_answers_error(tmp_path: Path) -> None:
+    """Before any good load, Check answers UNAVAILABLE (Envoy denies: failure_mode_allow false)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: AuthorizationPolicy\n")
+    registry = CollectorRegistry()
+    running = await start(build_service(bad, registry=registry),
+                          ServerSettings("authz", "127.0.0.1:0", "127.0.0.1:0"))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            resp = await stub.Check(check_request("/"))
+        assert resp.status.code == 14
+        assert registry.get_sample_value("mixer_authz_decisions_total", {"result": "error"}) == 1
+    finally:
+        await running.stop(0)

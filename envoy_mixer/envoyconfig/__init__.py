@@ -126,7 +126,8 @@ def build(args: argparse.Namespace) -> str:
     if args.rate_limit_actions:
         return to_yaml({"domain": domain, "rate_limits": rate_limits_block(actions)})
     if args.snippets:
-        return snippets(services, workload, domain, actions)
+        proxy_type = "sidecar" if args.role == "sidecar" else "router"
+        return snippets(services, workload, domain, actions, proxy_type)
     options = ProxyOptions(listen_host=args.listen_host, admin=args.admin,
                            ratelimit_domain=domain, rate_limits=tuple(actions),
                            tracing=args.tracing)

@@ -79,14 +79,17 @@ def write_shipped(repo: Path) -> list[Path]:
 
 
 def snippets(services: MixerServices, workload: Workload, domain: str,
-             actions: Sequence[Actions]) -> str:
+             actions: Sequence[Actions], proxy_type: str = "sidecar") -> str:
     """The pieces to paste into an existing Envoy, with comments saying where each goes."""
     sections: list[tuple[str, object]] = [
+        ("bootstrap node: who this Envoy is (telemetry labels come from here)",
+         {"node": workload.node(proxy_type)}),
         ("static_resources.clusters: add these (HTTP/2 is required for gRPC)",
          service_clusters(services)),
         ("HttpConnectionManager.http_filters: put these BEFORE envoy.filters.http.router",
          [ext_authz_filter(services), ratelimit_filter(services, domain)]),
-        ("HttpConnectionManager.access_log: add this entry", [access_log(services, "edge")]),
+        ("HttpConnectionManager.access_log: add this entry",
+         [access_log(services, f"{proxy_type}-{workload.name}")]),
         ("virtual_host (or route) typed_per_filter_config: the workload identity for policies",
          {"envoy.filters.http.ext_authz": authz_per_route(workload)}),
         ("health-check routes: typed_per_filter_config to skip the policy check",

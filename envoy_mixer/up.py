@@ -346,7 +346,8 @@ def watch(run: MeshRun, out: TextIO, poll: float = 1.0,
         time.sleep(poll)
         for name, proc in run.processes.items():
             if not proc.running:
-                print(f"error: {name} exited unexpectedly:\n{proc.log_tail()}", file=out)
+                print(f"error: {name} exited unexpectedly:\n{proc.log_tail()}", file=out,
+                      flush=True)
                 return 1
         current = _mtime(limits_file)
         if current != mtime:
@@ -368,7 +369,7 @@ def _reapply_rate_limits(run: MeshRun, out: TextIO) -> None:
         new = derive_rate_limits(run.examples / EXAMPLE_FILES["ratelimit"])
     except ConfigError as exc:
         print(f"ratelimit.yaml not applied to Envoy (the service keeps its last good config "
-              f"too): {exc}", file=out)
+              f"too): {exc}", file=out, flush=True)
         return
     changed = [role for role, domain in DOMAINS.items()
                if role in run.configs and new.get(domain) != run.rate_limits.get(domain)]
@@ -384,10 +385,10 @@ def _reapply_rate_limits(run: MeshRun, out: TextIO) -> None:
         try:
             proc.wait_ready(15)
         except procs.ProcessError as exc:
-            print(f"error: restarting {role} failed: {exc}", file=out)
+            print(f"error: restarting {role} failed: {exc}", file=out, flush=True)
             continue
         print(f"{role}: rate_limits actions re-derived from ratelimit.yaml, Envoy restarted",
-              file=out)
+              file=out, flush=True)
 
 
 def register(subparsers: Any) -> None:

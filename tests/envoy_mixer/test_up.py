@@ -221,6 +221,28 @@ spec:
 
 
 @pytest.mark.slow
+def test_new_limit_rederives_envoy_actions(mesh: Mesh) -> None:
+    """A new descriptor path in ratelimit.yaml gets Envoy actions (gateway restart) and applies."""
+    limits = mesh.examples / "ratelimit.yaml"
+    limits.write_text(limits.read_text() + """
+  - key: path_prefix
+    value: /api/new
+    rate_limit:
+      unit: minute
+      requests_per_unit: 1
+""")
+
+    def limited() -> bool:
+        try:
+            return http_get(mesh.url + "/api/new").status == 429
+        except OSError:  # the gateway is restarting
+            return False
+
+    _until(limited, 15, step=0.3)
+    assert "rate_limits actions re-derived" in mesh.out.read_text()
+
+
+@pytest.mark.slow
 def test_sigterm_stops_every_process(mesh: Mesh) -> None:
     """SIGTERM to `mixer up` exits 0 and frees every port of the mesh."""
     mesh.proc.send_signal(signal.SIGTERM)

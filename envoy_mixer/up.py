@@ -255,13 +255,15 @@ def describe(run: MeshRun) -> str:
     ]
     lines = ["envoy-mixer mesh is up.", ""]
     lines += [f"  {name:<16} {where:<28} {extra}" for name, where, extra in rows]
-    lines += ["", f"  config files (edit them, they hot-reload): {run.examples}",
+    lines += ["", f"  config files (edit them, they hot-reload): {run.examples.resolve()}",
               f"  rendered Envoy configs and logs:           {run.run_dir}", "", "Try:"]
     for what, cmd in curl_commands(run):
         lines += [f"  # {what}", f"  {cmd}"]
     lines += ["", f"  metrics: http://127.0.0.1:{a['telemetry']}/metrics",
               f"  graph:   http://127.0.0.1:{a['telemetry']}/graph",
-              f"  why denied: http://127.0.0.1:{a['authz']}/config", "",
+              f"  policies in force: http://127.0.0.1:{a['authz']}/config",
+              f"  why denied: mixer authz explain --policy {run.examples / 'policy.yaml'} "
+              f"--path {DENIED_PATH} --label app=backend", "",
               "Ctrl-C stops everything."]
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +208,62 @@ def test_cli_output_validates_in_envoy(tmp_path: Path, capsys: pytest.CaptureFix
     path.write_text(capsys.readouterr().out)
     result = procs.validate_envoy_config(path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_egress_gateway_reaches_only_hosts_a_policy_allows(
+    tmp_path: Path, free_port: Callable[[], int],
+    start_envoy: Callable[..., procs.ManagedProcess],
+    start_mixer: Callable[..., procs.ManagedProcess],
+) -> None:
+    """Through the egress gateway, an allowed Host is proxied (200), any other gets 403."""
+    import http.server
+    import threading
+
+    from envoy_mixer.envoyconfig.mesh import EGRESS
+    from envoy_mixer.envoyconfig.model import MixerServices, ProxyOptions
+    from envoy_mixer.envoyconfig.render import to_yaml
+    from envoy_mixer.envoyconfig.roles import egress_gateway
+    from envoy_mixer.up import http_get
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"external\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    app_port = app.server_address[1]
+    try:
+        policy = tmp_path / "egress.yaml"
+        policy.write_text(f"""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: egress, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: egressgateway}}}}
+  action: ALLOW
+  rules:
+    - to: [{{operation: {{hosts: ["127.0.0.1:{app_port}"]}}}}]
+""")
+        authz, authz_admin, port, admin = free_port(), free_port(), free_port(), free_port()
+        start_mixer(["authz", "--policy", str(policy), "--listen", f"127.0.0.1:{authz}",
+                     "--admin", f"127.0.0.1:{authz_admin}"], authz_admin)
+        services = MixerServices(authz=Endpoint("127.0.0.1", authz),
+                                 ratelimit=Endpoint("127.0.0.1", free_port()),
+                                 telemetry=Endpoint("127.0.0.1", free_port()))
+        config = egress_gateway(EGRESS, services, ProxyOptions(
+            admin=Endpoint("127.0.0.1", admin), ratelimit_domain="egress"), port=port)
+        start_envoy(to_yaml(config), admin, name="egress")
+        url = f"http://127.0.0.1:{port}/"
+        allowed = http_get(url, headers={"Host": f"127.0.0.1:{app_port}"})
+        assert (allowed.status, allowed.body) == (200, "external\n")
+        denied = http_get(url, headers={"Host": f"localhost:{app_port}"})
+        assert denied.status == 403
+    finally:
+        app.shutdown()
+        app.server_close()

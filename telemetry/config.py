@@ -206,7 +206,10 @@ class OverrideModel(_Model):
                 raise ValueError(f"tag {name!r}: UPSERT needs a value")
         return value
 
-    _buckets = field_validator("buckets")(classmethod(lambda cls, v: _check_buckets(v)))
+    @field_validator("buckets")
+    @classmethod
+    def _buckets(cls, value: list[float] | None) -> list[float] | None:
+        return _check_buckets(value)
 
 
 class BucketsModel(_Model):
@@ -215,8 +218,12 @@ class BucketsModel(_Model):
     duration_ms: list[float] = Field(default_factory=lambda: list(ENVOY_DEFAULT_BUCKETS))
     bytes: list[float] = Field(default_factory=lambda: list(ENVOY_DEFAULT_BUCKETS))
 
-    _check = field_validator("duration_ms", "bytes")(
-        classmethod(lambda cls, v: _check_buckets(v)))
+    @field_validator("duration_ms", "bytes")
+    @classmethod
+    def _buckets(cls, value: list[float]) -> list[float]:
+        checked = _check_buckets(value)
+        assert checked is not None
+        return checked
 
 
 class MetricsModel(_Model):

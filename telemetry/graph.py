@@ -87,6 +87,7 @@ class ServiceGraph:
         self._clock = clock
         self._edges: dict[tuple[str, str, str, str], list[_Slot]] = {}
         self._nodes: dict[str, tuple[dict[str, str], float]] = {}
+        self._node_cache: dict[tuple[str, ...], tuple[str, dict[str, str]]] = {}
         self.configure(window_seconds)
 
     def configure(self, window_seconds: float) -> None:
@@ -94,12 +95,22 @@ class ServiceGraph:
         self.window = window_seconds
         self.step = window_seconds / _BUCKETS_PER_WINDOW
 
+    def _side(self, values: Sequence[str], side: str, lo: int, hi: int) -> str:
+        # A mesh has few distinct identities: build each node's attributes once.
+        key = (side, *values[lo:hi], values[14])
+        cached = self._node_cache.get(key)
+        if cached is None:
+            if len(self._node_cache) > 10_000:
+                self._node_cache.clear()
+            cached = self._node_cache[key] = _node(values, side)
+        name, attrs = cached
+        self._nodes[name] = (attrs, self._clock())
+        return name
+
     def _slot(self, values: Sequence[str]) -> _Slot:
         now = self._clock()
-        src, src_attrs = _node(values, "source")
-        dst, dst_attrs = _node(values, "destination")
-        self._nodes[src] = (src_attrs, now)
-        self._nodes[dst] = (dst_attrs, now)
+        src = self._side(values, "source", 1, 9)
+        dst = self._side(values, "destination", 9, 20)
         key = (values[0], src, dst, values[_I["request_protocol"]])
         slots = self._edges.get(key)
         if slots is None:

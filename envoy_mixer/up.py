@@ -328,15 +328,18 @@ def run_checks(run: MeshRun, out: TextIO, attempts: int = 10) -> bool:
 
 @contextlib.contextmanager
 def _terminate_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so Ctrl-C and ``kill`` share one clean-up path."""
+    """SIGTERM and SIGINT raise KeyboardInterrupt: Ctrl-C and ``kill`` share one clean-up."""
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and `kill -INT` must
+    # still stop the mesh.
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def watch(run: MeshRun, out: TextIO, poll: float = 1.0,

@@ -11,7 +11,7 @@ from envoy_mixer import procs
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = sorted(
-    p for pattern in ("envoy-configs/**/*.yaml", "compose/**/envoy*.yaml")
+    p for pattern in ("envoy-configs/**/*.yaml", "compose/envoy/*.yaml")
     for p in REPO.glob(pattern)
 )
 
@@ -29,8 +29,8 @@ def test_envoy_validates(config: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-#: Modules allowed to talk gRPC/protobuf: the thin servicers, wiring, and entry points.
-_EDGE_MODULES = {"server.py", "servicer.py", "cli.py", "__main__.py"}
+#: Modules allowed to talk gRPC/protobuf: the thin servicers, wiring (app.py), entry points.
+_EDGE_MODULES = {"server.py", "servicer.py", "app.py", "cli.py", "__main__.py"}
 _FORBIDDEN = ("grpc", "envoy", "google.rpc", "google.protobuf", "xds", "udpa")
 
 

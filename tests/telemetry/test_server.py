@@ -18,6 +18,7 @@ from envoy_mixer.service import RunningService, start
 from envoy_mixer.settings import ServerSettings
 from telemetry.app import Telemetry, build
 from telemetry.entries import TcpEvent
+from telemetry.identity import UNKNOWN_NODE
 from telemetry.server import http_entry, tcp_entry
 
 BACKEND_ID = "sidecar~10.0.0.2~backend-5f6-xyz.shop~shop.svc.cluster.local"
@@ -169,9 +170,9 @@ def test_full_backlog_drops_and_counts(tmp_path: Path) -> None:
     telemetry.service.reloader.reload()
     message = als_pb2.StreamAccessLogsMessage()
     message.http_logs.log_entry.extend([_http(200), _http(200)])
-    node = telemetry.servicer
-    node._enqueue(node_identity_unknown(), message)
-    node._enqueue(node_identity_unknown(), message)
+    servicer = telemetry.servicer
+    servicer._enqueue(UNKNOWN_NODE, message)
+    servicer._enqueue(UNKNOWN_NODE, message)
     assert telemetry.servicer.backlog == 2
     assert telemetry.registry.get_sample_value(
         "mixer_telemetry_entries_dropped_total", {"reason": "backlog_full"}) == 2
@@ -180,12 +181,6 @@ def test_full_backlog_drops_and_counts(tmp_path: Path) -> None:
     assert telemetry.registry.get_sample_value("mixer_telemetry_backlog_entries") == 0
     assert telemetry.registry.get_sample_value(
         "mixer_telemetry_entries_processed_total", {"type": "http"}) == 2
-
-
-def node_identity_unknown():  # type: ignore[no-untyped-def]
-    from telemetry.identity import UNKNOWN_NODE
-
-    return UNKNOWN_NODE
 
 
 def test_http_entry_maps_fields_and_flags() -> None:
@@ -258,3 +253,50 @@ def test_mixer_telemetry_subprocess_serves_admin_routes(
     assert described["metrics"][0]["added"] == {"api_version": "request.headers['x-api-version']"}
     assert json.loads(get("/graph"))["edges"] == []
     assert "mixer_telemetry_entries_received_total" in get("/metrics")
+
+
+async def test_garbage_stream_fails_alone(running: tuple[Telemetry, RunningService]) -> None:
+    """Undecodable bytes end that stream with an error; the next stream is served normally."""
+    telemetry, service = running
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+        raw = channel.stream_unary(
+            "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs",
+            request_serializer=None, response_deserializer=None)
+
+        async def garbage() -> AsyncIterator[bytes]:
+            yield b"\xff\xff\xff\xff not a protobuf"
+
+        with pytest.raises(grpc.aio.AioRpcError):
+            await raw(garbage(), timeout=5)
+    message = als_pb2.StreamAccessLogsMessage()
+    message.http_logs.log_entry.append(_http(200))
+    await _stream(service.grpc_port, [als_pb2.StreamAccessLogsMessage(), message])
+    await _wait_processed(telemetry, 1)
+
+
+def test_entry_that_fails_is_counted_and_the_batch_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry the pipeline cannot handle is counted as malformed; its batch-mates still count."""
+    telemetry = build(None)
+    assert telemetry.service.reloader is not None
+    telemetry.service.reloader.reload()
+    original = telemetry.pipeline.process_http
+    calls = []
+
+    def flaky(entry, node):  # type: ignore[no-untyped-def]
+        calls.append(entry)
+        if len(calls) == 2:
+            raise ValueError("boom")
+        original(entry, node)
+
+    monkeypatch.setattr(telemetry.pipeline, "process_http", flaky)
+    message = als_pb2.StreamAccessLogsMessage()
+    message.http_logs.log_entry.extend([_http(200), _http(200), _http(200)])
+    telemetry.servicer._enqueue(UNKNOWN_NODE, message)
+    telemetry.servicer.process_pending()
+    registry = telemetry.registry
+    assert registry.get_sample_value(
+        "mixer_telemetry_entries_dropped_total", {"reason": "malformed"}) == 1
+    assert registry.get_sample_value(
+        "mixer_telemetry_entries_processed_total", {"type": "http"}) == 2

@@ -250,7 +250,8 @@ def test_mixer_telemetry_subprocess_serves_admin_routes(
             return str(resp.read().decode())
 
     described = json.loads(get("/config"))["config"]
-    assert described["metrics"][0]["added"] == {"api_version": "request.headers['x-api-version']"}
+    assert described["source"] == "telemetry.yaml"
+    assert [len(m["labels"]) for m in described["metrics"]] == [25] * 4 + [20] * 2 + [23] * 4
     assert json.loads(get("/graph"))["edges"] == []
     assert "mixer_telemetry_entries_received_total" in get("/metrics")
 

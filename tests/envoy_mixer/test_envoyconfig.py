@@ -239,7 +239,7 @@ def test_egress_gateway_reaches_only_hosts_a_policy_allows(
     threading.Thread(target=app.serve_forever, daemon=True).start()
     app_port = app.server_address[1]
     try:
-        policy = tmp_path / "egress.yaml"
+        policy = tmp_path / "egress-policy.yaml"  # not egress.yaml: start_envoy writes that
         policy.write_text(f"""\
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy

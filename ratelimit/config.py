@@ -82,11 +82,12 @@ class Limit:
     unlimited: bool = False
     replaces: tuple[str, ...] = ()
     algorithm: Algorithm = Algorithm.FIXED_WINDOW
+    #: Window length in seconds (0 for an unlimited limit); derived from ``unit``.
+    seconds: int = field(init=False, compare=False)
 
-    @property
-    def seconds(self) -> int:
-        """Window length in seconds (0 for an unlimited limit)."""
-        return UNIT_SECONDS.get(self.unit, 0)
+    def __post_init__(self) -> None:
+        # Stored rather than computed per request: it is read on every hit.
+        object.__setattr__(self, "seconds", UNIT_SECONDS.get(self.unit, 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,16 +136,20 @@ class DescriptorNode:
     value_to_metric_levels: tuple[bool, ...] = ()
     share_patterns: tuple[str | None, ...] = ()
     line: int | None = None
+    #: Every name this node's limits replace (``replaces``), for a quick check per request.
+    replaces: frozenset[str] = frozenset()
 
-    @property
-    def runtime_stats(self) -> bool:
-        """True when the metric path needs runtime values (detailed_metric, value_to_metric)."""
-        return self.detailed_metric or any(self.value_to_metric_levels)
+    #: True when the metric path needs runtime values (detailed_metric, value_to_metric).
+    runtime_stats: bool = field(init=False, compare=False)
+    #: True when some level counts all values matching a wildcard together (share_threshold).
+    shares: bool = field(init=False, compare=False)
 
-    @property
-    def shares(self) -> bool:
-        """True when some level counts all values matching a wildcard together."""
-        return any(p is not None for p in self.share_patterns)
+    def __post_init__(self) -> None:
+        # Derived once at load time; both are read on every request.
+        object.__setattr__(
+            self, "runtime_stats", self.detailed_metric or any(self.value_to_metric_levels)
+        )
+        object.__setattr__(self, "shares", any(p is not None for p in self.share_patterns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,6 +471,7 @@ class _DomainBuilder:
             value_to_metric_levels=tuple(flag for _, flag, _ in here),
             share_patterns=tuple(pattern for _, _, pattern in here),
             line=doc.line_of(path),
+            replaces=frozenset(name for lim in limits for name in lim.replaces),
         )
 
     def limits(self, data: Mapping[str, Any], path: tuple[str | int, ...]) -> tuple[Limit, ...]:

@@ -16,9 +16,10 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ratelimit.backends.base import Backend, CounterOp
-from ratelimit.config import Algorithm, DescriptorNode, Limit, RateLimitConfig
+from ratelimit.config import Algorithm, DescriptorNode, Domain, Limit, RateLimitConfig
 from ratelimit.errors import InvalidRequestError
 
 __all__ = [
@@ -38,6 +39,8 @@ MAX_REMAINING = 0xFFFFFFFF
 
 # Local over-limit cache entries are swept when the table passes this size.
 _CACHE_SWEEP = 50_000
+# Bound of the per-descriptor plan cache (cleared whole when full).
+_PLAN_CACHE = 20_000
 
 
 class Code(enum.IntEnum):
@@ -47,8 +50,11 @@ class Code(enum.IntEnum):
     OVER_LIMIT = 2
 
 
-@dataclass(frozen=True, slots=True)
-class Descriptor:
+# Per-request values are NamedTuples: immutable like the config's frozen dataclasses, at well
+# under half the construction cost (0.6 vs 1.6 µs each, measured), and a call builds a dozen.
+
+
+class Descriptor(NamedTuple):
     """One request descriptor: ordered (key, value) entries, optional addend and override."""
 
     entries: tuple[tuple[str, str], ...]
@@ -56,8 +62,7 @@ class Descriptor:
     override: Limit | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """A ShouldRateLimit request in domain terms."""
 
     domain: str
@@ -65,8 +70,7 @@ class Request:
     hits_addend: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Status:
+class Status(NamedTuple):
     """The answer for one descriptor (``limit`` None: no limit applies)."""
 
     code: Code
@@ -75,8 +79,7 @@ class Status:
     reset_seconds: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class StatDelta:
+class StatDelta(NamedTuple):
     """Counter increments for one matched descriptor, keyed by domain and metric key path."""
 
     domain: str
@@ -89,8 +92,7 @@ class StatDelta:
     over_limit_with_local_cache: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The overall answer, per-descriptor statuses in request order, headers and stats."""
 
     overall: Code
@@ -114,19 +116,22 @@ class LimiterSettings:
     reset_header: str = "RateLimit-Reset"
 
 
+# Enum members bound once: ``Code.OK`` is a class attribute lookup through the enum metaclass,
+# measurably slow in a loop that runs per descriptor.
+_OK = Code.OK
+_OVER = Code.OVER_LIMIT
+_SLIDING = Algorithm.SLIDING_WINDOW
+_FIXED = Algorithm.FIXED_WINDOW
+
 _NO_LIMIT = Status(Code.OK)
+_UNLIMITED = Status(Code.OK, None, MAX_REMAINING)
 
-
-@dataclass(slots=True)
-class _Slot:
-    """Working state of one (descriptor, limit) pair during a decision."""
-
-    limit: Limit
-    addend: int
-    key: str
-    window_end: float
-    op_index: int = -1
-    cached_over: bool = False
+# One (descriptor, limit) pair being decided: limit, addend, counter key, window end (Unix s),
+# index of its op in the batch (-1: answered from the local over-limit cache).
+_Slot = tuple[Limit, int, str, int, int]
+# A matched request descriptor: node (None for an override or no match), limits to apply,
+# counter-key base ``<domain>_<k>_<v>_...`` and metric key path.
+_Plan = tuple["DescriptorNode | None", tuple[Limit, ...], str, str]
 
 
 class Limiter:
@@ -141,171 +146,176 @@ class Limiter:
         self.backend = backend
         self.settings = settings or LimiterSettings()
         self._clock = clock
+        self._ratio = self.settings.near_limit_ratio
         # key of a fixed window already over its limit -> end of that window (Unix seconds).
-        self._over_cache: dict[str, float] = {}
+        self._over_cache: dict[str, int] = {}
+        # Request descriptors repeat (same client, same route): their lookup result, counter-key
+        # base and stats key are kept per (domain, entries) for the current config only.
+        self._plans: dict[tuple[str, tuple[tuple[str, str], ...]], _Plan] = {}
+        self._plans_for: RateLimitConfig | None = None
 
     async def decide(self, config: RateLimitConfig, request: Request) -> Decision:
         """Evaluate ``request``; raises InvalidRequestError or BackendError."""
-        if not request.domain:
+        domain_name, descriptors, request_addend = request
+        if not domain_name:
             raise InvalidRequestError("rate limit domain must not be empty")
-        if not request.descriptors:
+        if not descriptors:
             raise InvalidRequestError("rate limit descriptor list must not be empty")
-        domain = config.domain(request.domain)
+        domain = config.by_domain.get(domain_name)
         if domain is None:
-            return Decision(
-                overall=Code.OK,
-                statuses=tuple(_NO_LIMIT for _ in request.descriptors),
-                domain_found=False,
-            )
+            return Decision(_OK, (_NO_LIMIT,) * len(descriptors), (), (), False)
 
         now = self._clock()
-        default_addend = request.hits_addend or 1
-        matched: list[tuple[DescriptorNode | None, tuple[Limit, ...]]] = []
-        replaced: set[str] = set()
-        for desc in request.descriptors:
-            if desc.override is not None:
+        inow = int(now)
+        default_addend = request_addend or 1
+        matched: list[_Plan] = []
+        replaced: set[str] | None = None
+        if config is not self._plans_for:
+            self._plans.clear()
+            self._plans_for = config
+        cached_plans = self._plans
+        for entries, _, override in descriptors:
+            if override is not None:
                 # Envoy's per-request override replaces whatever the config says.
-                matched.append((None, (desc.override,)))
+                matched.append((None, (override,), _cache_key(domain_name, entries, None),
+                                _stats_key(None, entries)))
                 continue
-            node = domain.find(desc.entries)
-            if node is None:
-                matched.append((None, ()))
-                continue
-            matched.append((node, node.limits))
-            for lim in node.limits:
-                replaced.update(lim.replaces)
+            plan = cached_plans.get((domain_name, entries))
+            if plan is None:
+                plan = self._plan(domain, entries)
+            matched.append(plan)
+            node = plan[0]
+            if node is not None and node.replaces:
+                replaced = (replaced or set()) | node.replaces
 
         # Build every counter op first so the backend sees one batch (one Redis round trip).
         ops: list[CounterOp] = []
-        slots: list[list[_Slot]] = []
+        plans: list[list[_Slot]] = []
         cache = self._over_cache if self.settings.local_cache else None
-        for desc, (node, limits) in zip(request.descriptors, matched, strict=True):
-            addend = desc.hits_addend if desc.hits_addend is not None else default_addend
+        for desc, (_node, limits, base, _) in zip(descriptors, matched, strict=True):
             row: list[_Slot] = []
+            plans.append(row)
+            if not limits or limits[0].unlimited:
+                continue
+            addend = desc.hits_addend
+            if addend is None:
+                addend = default_addend
+            several = len(limits) > 1
             for lim in limits:
-                if lim.unlimited or (replaced and lim.name and lim.name in replaced):
+                if replaced is not None and lim.name and lim.name in replaced:
                     continue
-                row.append(self._slot(request.domain, desc, node, lim, len(limits), addend, now,
-                                      ops, cache))
-            slots.append(row)
+                seconds = lim.seconds
+                start = inow - inow % seconds
+                prefix = f"{base}{lim.unit}_" if several else base
+                if lim.algorithm is _SLIDING:
+                    # The braces are a Redis Cluster hash tag: both windows share one slot.
+                    key = f"{{{prefix}}}sw_{start}"
+                    row.append((lim, addend, key, start + seconds, len(ops)))
+                    ops.append(CounterOp(
+                        key, addend, 2 * seconds, f"{{{prefix}}}sw_{start - seconds}",
+                        max(0.0, (start + seconds - now) / seconds), lim.requests_per_unit,
+                    ))
+                    continue
+                key = f"{prefix}{start}"
+                if cache is not None:
+                    until = cache.get(key)
+                    if until is not None and until > now:
+                        row.append((lim, addend, key, start + seconds, -1))
+                        continue
+                row.append((lim, addend, key, start + seconds, len(ops)))
+                ops.append(CounterOp(key, addend, seconds))
 
         results = await self.backend.apply(ops) if ops else []
 
-        ratio = self.settings.near_limit_ratio
         statuses: list[Status] = []
         stats: list[StatDelta] = []
         quota_total = quota_over = 0
         over_any = False
-        for desc, (node, limits), row in zip(request.descriptors, matched, slots, strict=True):
+        for desc, (node, limits, _, stats_key), row in zip(descriptors, matched, plans,
+                                                            strict=True):
             if not row:
                 if limits and limits[0].unlimited:
                     # Unlimited: OK without touching the backend, but still counted.
-                    statuses.append(Status(Code.OK, remaining=MAX_REMAINING))
-                    addend = desc.hits_addend if desc.hits_addend is not None else default_addend
-                    stats.append(StatDelta(request.domain, _stats_key(node, desc),
-                                           total_hits=addend, within_limit=addend))
+                    statuses.append(_UNLIMITED)
+                    addend = desc.hits_addend
+                    if addend is None:
+                        addend = default_addend
+                    stats.append(StatDelta(domain_name, stats_key, addend, 0, 0, addend))
                 else:
                     # No match, a whitelist node, or every limit replaced: no limit, no stats.
                     statuses.append(_NO_LIMIT)
                 continue
-            addend = desc.hits_addend if desc.hits_addend is not None else default_addend
-            key = _stats_key(node, desc)
-            chosen: Status | None = None
-            over = near = cached = 0
+            addend = row[0][1]
+            if len(row) == 1:
+                chosen, over, near = self._evaluate(row[0], results, now, cache)
+            else:
+                chosen, over, near = self._evaluate(row[0], results, now, cache)
+                for slot in row[1:]:
+                    status, d_over, d_near = self._evaluate(slot, results, now, cache)
+                    over, near = max(over, d_over), max(near, d_near)
+                    if _tighter(status, chosen):
+                        chosen = status
+            cached = 0
             for slot in row:
-                status, d_over, d_near = self._evaluate(slot, results, ratio, now, cache)
-                over, near = max(over, d_over), max(near, d_near)
-                if slot.cached_over:
-                    cached = max(cached, slot.addend)
-                if chosen is None or _tighter(status, chosen):
-                    chosen = status
-            assert chosen is not None
+                if slot[4] < 0:
+                    cached = addend
             shadow = 0
-            if chosen.code is Code.OVER_LIMIT and node is not None and node.shadow_mode:
-                shadow = addend
-                chosen = Status(Code.OK, chosen.limit, 0, chosen.reset_seconds)
-            within = addend if chosen.code is Code.OK and not shadow else 0
-            stats.append(StatDelta(
-                request.domain, key, total_hits=addend, over_limit=over, near_limit=near,
-                within_limit=within, shadow_mode=shadow, over_limit_with_local_cache=cached,
-            ))
+            if chosen.code is _OVER:
+                if node is not None and node.shadow_mode:
+                    shadow = addend
+                    chosen = Status(_OK, chosen.limit, 0, chosen.reset_seconds)
+                elif node is None or not node.quota_mode:
+                    over_any = True
+                within = 0
+            else:
+                within = addend
+            stats.append(StatDelta(domain_name, stats_key, addend, over, near,
+                                   within, shadow, cached))
             statuses.append(chosen)
-            is_quota = node is not None and node.quota_mode
-            if is_quota:
+            if node is not None and node.quota_mode:
                 quota_total += 1
-                quota_over += chosen.code is Code.OVER_LIMIT
-            elif chosen.code is Code.OVER_LIMIT:
-                over_any = True
+                quota_over += chosen.code is _OVER
 
         # Quota descriptors (reference quota_mode) fail the request only when all of them are over.
         if quota_total and quota_over == quota_total:
             over_any = True
-        overall = Code.OVER_LIMIT if over_any else Code.OK
         global_shadow = False
-        if overall is Code.OVER_LIMIT and self.settings.shadow_mode:
-            overall, global_shadow = Code.OK, True
-        headers = self._headers(statuses) if self.settings.response_headers else ()
+        if over_any and self.settings.shadow_mode:
+            over_any, global_shadow = False, True
         return Decision(
-            overall=overall, statuses=tuple(statuses), headers=headers, stats=tuple(stats),
-            global_shadow=global_shadow,
+            _OVER if over_any else _OK,
+            tuple(statuses),
+            self._headers(statuses) if self.settings.response_headers else (),
+            tuple(stats),
+            True,
+            global_shadow,
         )
 
-    def _slot(
-        self,
-        domain: str,
-        desc: Descriptor,
-        node: DescriptorNode | None,
-        lim: Limit,
-        n_limits: int,
-        addend: int,
-        now: float,
-        ops: list[CounterOp],
-        cache: dict[str, float] | None,
-    ) -> _Slot:
-        seconds = lim.seconds
-        start = (int(now) // seconds) * seconds
-        base = _cache_key(domain, desc, node)
-        if n_limits > 1:
-            base += f"{lim.unit}_"
-        if lim.algorithm is Algorithm.SLIDING_WINDOW:
-            # The braces are a Redis Cluster hash tag: both windows land in one slot.
-            key = f"{{{base}}}sw_{start}"
-            slot = _Slot(lim, addend, key, start + seconds, op_index=len(ops))
-            ops.append(CounterOp(
-                key=key, addend=addend, ttl=2 * seconds,
-                prev_key=f"{{{base}}}sw_{start - seconds}",
-                prev_weight=max(0.0, (start + seconds - now) / seconds),
-                limit=lim.requests_per_unit,
-            ))
-            return slot
-        key = f"{base}{start}"
-        slot = _Slot(lim, addend, key, start + seconds)
-        if cache is not None:
-            until = cache.get(key)
-            if until is not None and until > now:
-                slot.cached_over = True
-                return slot
-        slot.op_index = len(ops)
-        ops.append(CounterOp(key=key, addend=addend, ttl=seconds))
-        return slot
+    def _plan(self, domain: Domain, entries: tuple[tuple[str, str], ...]) -> _Plan:
+        """Match ``entries`` once and remember the node, counter-key base and stats key."""
+        node = domain.find(entries)
+        if node is None or not node.limits:
+            plan: _Plan = (node, (), "", "")
+        else:
+            plan = (node, node.limits, _cache_key(domain.name, entries, node),
+                    _stats_key(node, entries))
+        if len(self._plans) >= _PLAN_CACHE:
+            self._plans.clear()
+        self._plans[(domain.name, entries)] = plan
+        return plan
 
     def _evaluate(
-        self,
-        slot: _Slot,
-        results: Sequence[int],
-        ratio: float,
-        now: float,
-        cache: dict[str, float] | None,
+        self, slot: _Slot, results: Sequence[int], now: float, cache: dict[str, int] | None
     ) -> tuple[Status, int, int]:
         """Status plus (over_limit, near_limit) increments for one limit."""
-        lim, addend = slot.limit, slot.addend
-        reset = max(1, math.ceil(slot.window_end - now))
-        if slot.cached_over:
-            return Status(Code.OVER_LIMIT, lim, 0, reset), addend, 0
-        after = results[slot.op_index]
+        lim, addend, key, window_end, index = slot
+        reset = max(1, math.ceil(window_end - now))
+        if index < 0:
+            return Status(_OVER, lim, 0, reset), addend, 0
+        after = results[index]
         before = after - addend
         limit = lim.requests_per_unit
-        near_threshold = math.floor(limit * ratio)
+        near_threshold = math.floor(limit * self._ratio)
         if after > limit:
             if before >= limit:
                 over, near = addend, 0
@@ -313,15 +323,15 @@ class Limiter:
                 # The addend straddles the limit: the part below it was near-limit traffic.
                 over = after - limit
                 near = limit - max(near_threshold, before)
-            if cache is not None and lim.algorithm is Algorithm.FIXED_WINDOW:
-                cache[slot.key] = slot.window_end
+            if cache is not None and lim.algorithm is _FIXED:
+                cache[key] = window_end
                 if len(cache) > _CACHE_SWEEP:
                     self._sweep_cache(now)
-            return Status(Code.OVER_LIMIT, lim, 0, reset), over, near
+            return Status(_OVER, lim, 0, reset), over, near
         near = 0
         if after > near_threshold:
             near = addend if before >= near_threshold else after - near_threshold
-        return Status(Code.OK, lim, limit - after, reset), 0, near
+        return Status(_OK, lim, limit - after, reset), 0, near
 
     def _sweep_cache(self, now: float) -> None:
         for key in [k for k, until in self._over_cache.items() if until <= now]:
@@ -358,30 +368,34 @@ def _tighter(a: Status, b: Status) -> bool:
     return a.remaining < b.remaining
 
 
-def _cache_key(domain: str, desc: Descriptor, node: DescriptorNode | None) -> str:
+def _cache_key(
+    domain: str, entries: tuple[tuple[str, str], ...], node: DescriptorNode | None
+) -> str:
     """``<domain>_<k1>_<v1>_<k2>_<v2>_`` (share_threshold levels use the wildcard pattern)."""
     if node is not None and node.shares:
         parts = [
             f"{k}_{pattern if pattern is not None else v}_"
-            for (k, v), pattern in zip(desc.entries, node.share_patterns, strict=False)
+            for (k, v), pattern in zip(entries, node.share_patterns, strict=False)
         ]
-    else:
-        parts = [f"{k}_{v}_" for k, v in desc.entries]
-    return f"{domain}_{''.join(parts)}"
+        return f"{domain}_{''.join(parts)}"
+    if len(entries) == 1:
+        k, v = entries[0]
+        return f"{domain}_{k}_{v}_"
+    return f"{domain}_{''.join([f'{k}_{v}_' for k, v in entries])}"
 
 
-def _stats_key(node: DescriptorNode | None, desc: Descriptor) -> str:
+def _stats_key(node: DescriptorNode | None, entries: tuple[tuple[str, str], ...]) -> str:
     """Metric key path: as written in the config, or with runtime values where asked."""
     if node is None:
         # An override: keys only, so per-request values never become label values.
-        return ".".join(k for k, _ in desc.entries)
+        return ".".join(k for k, _ in entries)
     if not node.runtime_stats:
         return node.stats_key
     if node.detailed_metric:
-        return ".".join(f"{k}_{v}" for k, v in desc.entries)
+        return ".".join(f"{k}_{v}" for k, v in entries)
     return ".".join(
         f"{k}_{v}" if runtime else static
         for (k, v), static, runtime in zip(
-            desc.entries, node.stats_parts, node.value_to_metric_levels, strict=False
+            entries, node.stats_parts, node.value_to_metric_levels, strict=False
         )
     )

@@ -9,7 +9,11 @@ pairs is capped: past ``max_keys`` new ones are counted under ``key="_overflow_"
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ratelimit.limiter import Decision
 
@@ -19,7 +23,37 @@ _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )
 
-_Children = tuple[Counter, Counter, Counter, Counter, Counter, Counter]
+#: Per-rule counters: (name suffix, help), in StatDelta's field order after domain and key.
+RULE_COUNTERS = (
+    ("total_hits", "Hits (sum of hits_addend) per rule."),
+    ("over_limit", "Hits over the limit per rule."),
+    ("near_limit", "Hits above the near-limit ratio of a limit."),
+    ("within_limit", "Hits within the limit per rule."),
+    ("shadow_mode", "Over-limit hits allowed by the rule's shadow_mode."),
+    ("over_limit_with_local_cache", "Over-limit hits answered from the local cache."),
+)
+
+
+class _RuleCollector(Collector):
+    """Per-rule counters kept as plain integers, turned into metrics at scrape time.
+
+    A decision adds to a few ints instead of taking six counter locks: the hot path is one
+    event-loop thread, and scrapes run on the same loop, so no lock is needed.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], list[int]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        families = [
+            CounterMetricFamily(f"ratelimit_service_rate_limit_{name}", doc,
+                                labels=["domain", "key"])
+            for name, doc in RULE_COUNTERS
+        ]
+        for (domain, key), values in list(self.values.items()):
+            for family, value in zip(families, values, strict=True):
+                family.add_metric([domain, key], value)
+        yield from families
 
 
 class RateLimitMetrics:
@@ -27,19 +61,8 @@ class RateLimitMetrics:
 
     def __init__(self, registry: CollectorRegistry, max_keys: int = 1000) -> None:
         self.max_keys = max_keys
-        labels = ["domain", "key"]
-
-        def rule(name: str, doc: str) -> Counter:
-            return Counter(f"ratelimit_service_rate_limit_{name}", doc, labels, registry=registry)
-
-        self.total_hits = rule("total_hits", "Hits (sum of hits_addend) per rule.")
-        self.over_limit = rule("over_limit", "Hits over the limit per rule.")
-        self.near_limit = rule("near_limit", "Hits above the near-limit ratio of a limit.")
-        self.within_limit = rule("within_limit", "Hits within the limit per rule.")
-        self.shadow_mode = rule("shadow_mode", "Over-limit hits allowed by the rule's shadow_mode.")
-        self.over_limit_with_local_cache = rule(
-            "over_limit_with_local_cache", "Over-limit hits answered from the local cache."
-        )
+        self._rules = _RuleCollector()
+        registry.register(self._rules)
         self.domain_not_found = Counter(
             "ratelimit_service_rate_limit_domain_not_found",
             "Requests for a domain no config file defines.", ["domain"], registry=registry,
@@ -71,27 +94,22 @@ class RateLimitMetrics:
             "ShouldRateLimit handling time in seconds.", buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
-        self._children: dict[tuple[str, str], _Children] = {}
         self._domains: set[str] = set()
 
-    def _rule(self, domain: str, key: str) -> _Children:
-        children = self._children.get((domain, key))
-        if children is None:
-            if len(self._children) >= self.max_keys:
-                key = OVERFLOW
-                hit = self._children.get((domain, key))
-                if hit is not None:
-                    return hit
-            children = (
-                self.total_hits.labels(domain, key),
-                self.over_limit.labels(domain, key),
-                self.near_limit.labels(domain, key),
-                self.within_limit.labels(domain, key),
-                self.shadow_mode.labels(domain, key),
-                self.over_limit_with_local_cache.labels(domain, key),
-            )
-            self._children[(domain, key)] = children
-        return children
+    def rule_values(self, domain: str, key: str) -> list[int]:
+        """The per-rule counter values of (domain, key) (for tests and /config)."""
+        return list(self._rules.values.get((domain, key), [0] * len(RULE_COUNTERS)))
+
+    def _slot(self, domain: str, key: str) -> list[int]:
+        values = self._rules.values
+        if len(values) >= self.max_keys:
+            key = OVERFLOW
+            found = values.get((domain, key))
+            if found is not None:
+                return found
+        slot = [0] * len(RULE_COUNTERS)
+        values[(domain, key)] = slot
+        return slot
 
     def record(self, domain: str, decision: Decision) -> None:
         """Count one decision's statistics."""
@@ -104,17 +122,14 @@ class RateLimitMetrics:
             return
         if decision.global_shadow:
             self.global_shadow_mode.inc()
-        for delta in decision.stats:
-            total, over, near, within, shadow, cached = self._rule(delta.domain, delta.key)
-            if delta.total_hits:
-                total.inc(delta.total_hits)
-            if delta.over_limit:
-                over.inc(delta.over_limit)
-            if delta.near_limit:
-                near.inc(delta.near_limit)
-            if delta.within_limit:
-                within.inc(delta.within_limit)
-            if delta.shadow_mode:
-                shadow.inc(delta.shadow_mode)
-            if delta.over_limit_with_local_cache:
-                cached.inc(delta.over_limit_with_local_cache)
+        values = self._rules.values
+        for rule_domain, key, total, over, near, within, shadow, cached in decision.stats:
+            slot = values.get((rule_domain, key))
+            if slot is None:
+                slot = self._slot(rule_domain, key)
+            slot[0] += total
+            slot[1] += over
+            slot[2] += near
+            slot[3] += within
+            slot[4] += shadow
+            slot[5] += cached

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
-from google.protobuf import duration_pb2  # type: ignore[import-untyped]
+from google.protobuf import duration_pb2  # type: ignore[import-untyped,unused-ignore]
 
 from envoy_mixer.logs import log_event
 from envoy_mixer.snapshot import NotLoadedError, Snapshot
@@ -21,6 +22,7 @@ from ratelimit.config import UNIT_SECONDS, Limit, RateLimitConfig
 from ratelimit.errors import BackendError, InvalidRequestError
 from ratelimit.limiter import Code, Decision, Descriptor, Limiter, Request
 from ratelimit.metrics import RateLimitMetrics
+from ratelimit.wire import WireError, decode_request, encode_response
 
 SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
 
@@ -40,46 +42,75 @@ def to_request(message: rls_pb2.RateLimitRequest) -> Request:
     """The domain request for a RateLimitRequest."""
     descriptors = []
     for desc in message.descriptors:
-        hits = desc.hits_addend.value if desc.HasField("hits_addend") else None
-        override = None
-        if desc.HasField("limit"):
-            unit = _OVERRIDE_UNITS.get(desc.limit.unit)
-            if unit is not None:
-                override = Limit(unit=unit, requests_per_unit=desc.limit.requests_per_unit)
-        descriptors.append(Descriptor(
-            entries=tuple((e.key, e.value) for e in desc.entries),
-            hits_addend=hits,
-            override=override,
-        ))
-    return Request(
-        domain=message.domain, descriptors=tuple(descriptors), hits_addend=message.hits_addend
-    )
+        entries = tuple([(e.key, e.value) for e in desc.entries])
+        if desc.HasField("hits_addend") or desc.HasField("limit"):
+            hits = desc.hits_addend.value if desc.HasField("hits_addend") else None
+            override = None
+            if desc.HasField("limit"):
+                unit = _OVERRIDE_UNITS.get(desc.limit.unit)
+                if unit is not None:
+                    override = Limit(unit=unit, requests_per_unit=desc.limit.requests_per_unit)
+            descriptors.append(Descriptor(entries, hits, override))
+        else:
+            descriptors.append(Descriptor(entries))
+    return Request(message.domain, tuple(descriptors), message.hits_addend)
+
+
+_DescriptorStatus = rls_pb2.RateLimitResponse.DescriptorStatus
+_RateLimitProto = rls_pb2.RateLimitResponse.RateLimit
+_Duration = duration_pb2.Duration
+
+
+class _ProtoCache:
+    """Prebuilt ``current_limit`` messages per configured Limit (built once, copied per call).
+
+    Keyed by ``id()`` with the Limit kept alive in the value, so an id is never reused while
+    cached; cleared when it grows past a bound (configs are small; overrides are not).
+    """
+
+    def __init__(self) -> None:
+        self._limits: dict[int, tuple[Limit, Any]] = {}
+
+    def limit(self, lim: Limit) -> Any:
+        hit = self._limits.get(id(lim))
+        if hit is not None:
+            return hit[1]
+        proto = _RateLimitProto(
+            name=lim.name, requests_per_unit=lim.requests_per_unit, unit=_UNIT_TO_PROTO[lim.unit]
+        )
+        if len(self._limits) > 10_000:
+            self._limits.clear()
+        self._limits[id(lim)] = (lim, proto)
+        return proto
+
+
+_CACHE = _ProtoCache()
 
 
 def to_response(decision: Decision) -> rls_pb2.RateLimitResponse:
     """The RateLimitResponse for a decision (statuses in request order)."""
     statuses = []
-    for status in decision.statuses:
-        item = rls_pb2.RateLimitResponse.DescriptorStatus(
-            code=int(status.code), limit_remaining=status.remaining
-        )
-        if status.limit is not None:
-            lim = status.limit
-            item.current_limit.requests_per_unit = lim.requests_per_unit
-            item.current_limit.unit = _UNIT_TO_PROTO[lim.unit]
-            if lim.name:
-                item.current_limit.name = lim.name
-        if status.reset_seconds is not None:
-            item.duration_until_reset.CopyFrom(duration_pb2.Duration(seconds=status.reset_seconds))
-        statuses.append(item)
-    response = rls_pb2.RateLimitResponse(overall_code=int(decision.overall), statuses=statuses)
+    for code, lim, remaining, reset in decision.statuses:
+        if lim is None:
+            statuses.append(_DescriptorStatus(code=code, limit_remaining=remaining))
+        else:
+            statuses.append(_DescriptorStatus(
+                code=code, current_limit=_CACHE.limit(lim), limit_remaining=remaining,
+                duration_until_reset=_Duration(seconds=reset or 0),
+            ))
+    response = rls_pb2.RateLimitResponse(overall_code=decision.overall, statuses=statuses)
     for key, value in decision.headers:
         response.response_headers_to_add.append(base_pb2.HeaderValue(key=key, value=value))
     return response
 
 
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
-    """ShouldRateLimit over the current config snapshot and the limiter."""
+    """ShouldRateLimit over the current config snapshot and the limiter.
+
+    ``register`` serves ``should_rate_limit_raw`` (bytes in, bytes out through ``wire``);
+    ``ShouldRateLimit`` is the same logic over the generated classes, kept for embedding and
+    as the reference the wire codec is tested against.
+    """
 
     def __init__(
         self, limiter: Limiter, snapshot: Snapshot[RateLimitConfig], metrics: RateLimitMetrics
@@ -91,11 +122,35 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
     async def ShouldRateLimit(
         self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext
     ) -> rls_pb2.RateLimitResponse:
-        """Decide one request; errors become gRPC status codes."""
+        """Decide one request (generated classes); errors become gRPC status codes."""
         started = time.perf_counter()
+        try:
+            decision = await self._decide(to_request(request), context)
+        finally:
+            self.metrics.latency.observe(time.perf_counter() - started)
+        return to_response(decision)
+
+    async def should_rate_limit_raw(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        """Decide one serialized request, answer serialized bytes (the served method)."""
+        started = time.perf_counter()
+        try:
+            try:
+                parsed = decode_request(request)
+            except WireError as exc:
+                self.metrics.call_errors.labels("invalid_argument").inc()
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                raise  # unreachable: abort raises
+            decision = await self._decide(parsed, context)
+        finally:
+            self.metrics.latency.observe(time.perf_counter() - started)
+        return encode_response(decision)
+
+    async def _decide(self, request: Request, context: grpc.aio.ServicerContext) -> Decision:
         metrics = self.metrics
         try:
-            decision = await self.limiter.decide(self.snapshot.get(), to_request(request))
+            decision = await self.limiter.decide(self.snapshot.get(), request)
         except InvalidRequestError as exc:
             metrics.call_errors.labels("invalid_argument").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -113,14 +168,17 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
                       kind=exc.kind, error=str(exc))
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             raise
-        finally:
-            metrics.latency.observe(time.perf_counter() - started)
         metrics.record(request.domain, decision)
         if decision.overall is Code.OVER_LIMIT and _log.isEnabledFor(logging.DEBUG):
             log_event(_log, "over_limit", logging.DEBUG, domain=request.domain)
-        return to_response(decision)
+        return decision
 
 
 def register(server: grpc.aio.Server, servicer: RateLimitServicer) -> None:
-    """Add the servicer to a grpc.aio server."""
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(servicer, server)
+    """Serve ShouldRateLimit on a grpc.aio server (raw bytes through ``ratelimit.wire``)."""
+    handler = grpc.method_handlers_generic_handler(SERVICE_NAME, {
+        "ShouldRateLimit": grpc.unary_unary_rpc_method_handler(
+            servicer.should_rate_limit_raw, request_deserializer=None, response_serializer=None,
+        ),
+    })
+    server.add_generic_rpc_handlers((handler,))

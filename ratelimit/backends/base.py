@@ -18,13 +18,15 @@ Op semantics (identical in every backend, and atomic per op):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class CounterOp:
-    """One counter update; see the module docstring for what each field means."""
+class CounterOp(NamedTuple):
+    """One counter update; see the module docstring for what each field means.
+
+    A NamedTuple rather than a frozen dataclass: built per descriptor per call, it is 2-3x
+    cheaper to construct and just as immutable.
+    """
 
     key: str
     addend: int

@@ -256,3 +256,16 @@ async def _until(cond: Callable[[], bool]) -> None:
         await asyncio.sleep(0.05)
     raise AssertionError("condition not met within 5 s")
 
+
+
+async def test_malformed_bytes_are_invalid_argument(serve: StartFn) -> None:
+    """Bytes that are not a RateLimitRequest get INVALID_ARGUMENT, and serving continues."""
+    h = await serve()
+    raw = h.channel.unary_unary(
+        "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+        request_serializer=None, response_deserializer=None,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await raw(b"\x0a\x05ab", timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await h.call("edge", descriptor(("x", "y")))).overall_code == Code.OK

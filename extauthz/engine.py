@@ -18,7 +18,7 @@ rules: a matching dry-run DENY, or dry-run ALLOW policies none of which matches,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from extauthz.jwt import NO_TOKEN, AuthnOutcome
@@ -96,48 +96,68 @@ def unauthenticated(error: str, request: AuthzRequest) -> Decision:
     )
 
 
+def _ref(policies: PolicySet, rule: CompiledRule) -> RuleRef:
+    key = ("ref", rule.policy_index, rule.index)
+    ref: RuleRef | None = policies.memo.get(key)
+    if ref is None:
+        ref = policies.memo[key] = RuleRef.of(policies.policy(rule.policy_index), rule)
+    return ref
+
+
 def _match(policies: PolicySet, view_index: Any, attrs: Attributes) -> RuleRef | None:
     rule: CompiledRule | None = view_index.first_match(attrs)
     if rule is None:
         return None
-    return RuleRef.of(policies.policy(rule.policy_index), rule)
+    return _ref(policies, rule)
+
+
+NO_ALLOW_POLICY = Decision(verdict="allow", status=200,
+                           reason="no ALLOW policy applies to the workload")
+NO_ALLOW_MATCH = Decision(verdict="deny", status=403, reason="no ALLOW policy matched",
+                          body=DENY_BODY)
+
+
+def _base_decision(policies: PolicySet, view: WorkloadView, attrs: Attributes) -> Decision:
+    """The enforced verdict alone; results are shared immutable objects per deciding rule."""
+    denied = view.deny.first_match(attrs) if len(view.deny) else None
+    if denied is not None:
+        key = ("deny", denied.policy_index, denied.index)
+        decision: Decision | None = policies.memo.get(key)
+        if decision is None:
+            custom = policies.policy(denied.policy_index).deny_response
+            decision = policies.memo[key] = Decision(
+                verdict="deny", status=custom.status, reason="matched a DENY policy",
+                decided_by=_ref(policies, denied), body=custom.body,
+                response_headers=custom.headers,
+            )
+        return decision
+    if not view.has_allow:
+        return NO_ALLOW_POLICY
+    allowed = view.allow.first_match(attrs)
+    if allowed is None:
+        return NO_ALLOW_MATCH
+    key = ("allow", allowed.policy_index, allowed.index)
+    decision = policies.memo.get(key)
+    if decision is None:
+        decision = policies.memo[key] = Decision(
+            verdict="allow", status=200, reason="matched an ALLOW policy",
+            decided_by=_ref(policies, allowed),
+        )
+    return decision
 
 
 def authorize(policies: PolicySet, view: WorkloadView, attrs: Attributes) -> Decision:
     """Steps 2-5 of Istio's evaluation over ``view``'s enforced policies (plus audit/dry-run)."""
+    decision = _base_decision(policies, view, attrs)
     audit = _match(policies, view.audit, attrs) if len(view.audit) else None
+    principal = attrs.auth_principal
+    if audit is None and not view.has_dry_run and principal is None:
+        return decision
     dry_denied, dry_reason, dry_by = False, None, None
     if view.has_dry_run:
         dry_denied, dry_reason, dry_by = _dry_run(policies, view, attrs)
-    principal = attrs.auth_principal
-    denied = view.deny.first_match(attrs) if len(view.deny) else None
-    if denied is not None:
-        policy = policies.policy(denied.policy_index)
-        custom = policy.deny_response
-        return Decision(
-            verdict="deny", status=custom.status, reason="matched a DENY policy",
-            decided_by=RuleRef.of(policy, denied), body=custom.body,
-            response_headers=custom.headers, audit=audit, dry_run_denied=dry_denied,
-            dry_run_reason=dry_reason, dry_run_by=dry_by, principal=principal,
-        )
-    if not view.has_allow:
-        return Decision(
-            verdict="allow", status=200, reason="no ALLOW policy applies to the workload",
-            audit=audit, dry_run_denied=dry_denied, dry_run_reason=dry_reason,
-            dry_run_by=dry_by, principal=principal,
-        )
-    allowed = _match(policies, view.allow, attrs)
-    if allowed is not None:
-        return Decision(
-            verdict="allow", status=200, reason="matched an ALLOW policy", decided_by=allowed,
-            audit=audit, dry_run_denied=dry_denied, dry_run_reason=dry_reason,
-            dry_run_by=dry_by, principal=principal,
-        )
-    return Decision(
-        verdict="deny", status=403, reason="no ALLOW policy matched", body=DENY_BODY,
-        audit=audit, dry_run_denied=dry_denied, dry_run_reason=dry_reason, dry_run_by=dry_by,
-        principal=principal,
-    )
+    return replace(decision, audit=audit, dry_run_denied=dry_denied, dry_run_reason=dry_reason,
+                   dry_run_by=dry_by, principal=principal)
 
 
 def _dry_run(policies: PolicySet, view: WorkloadView,
@@ -170,14 +190,9 @@ def decide(
 
 
 def _with_authn_headers(decision: Decision, authn: AuthnOutcome) -> Decision:
-    return Decision(
-        verdict=decision.verdict, status=decision.status, reason=decision.reason,
-        decided_by=decision.decided_by, audit=decision.audit,
-        dry_run_denied=decision.dry_run_denied, dry_run_reason=decision.dry_run_reason,
-        dry_run_by=decision.dry_run_by, principal=decision.principal,
-        headers_to_add=authn.headers_to_add, headers_to_remove=authn.headers_to_remove,
-        params_to_remove=authn.params_to_remove,
-    )
+    return replace(decision, headers_to_add=authn.headers_to_add,
+                   headers_to_remove=authn.headers_to_remove,
+                   params_to_remove=authn.params_to_remove)
 
 
 # --------------------------------------------------------------------------------------------

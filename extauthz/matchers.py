@@ -38,39 +38,96 @@ class AuthIdentity:
     presenter: str | None = None
 
 
+_UNSET: Any = object()
+
+
 class Attributes:
-    """Everything matchers read from one request, derived once per Check."""
+    """Everything matchers read from one request, derived once per Check.
+
+    Cheap fields are set eagerly; parsed IPs, the remote address, the SPIFFE namespace and the
+    lower-cased path are computed on first use only, so a policy set that never looks at IPs
+    never pays for parsing them.
+    """
 
     __slots__ = (
-        "auth", "auth_audiences", "auth_presenter", "auth_principal", "destination_ip",
-        "destination_port", "headers", "host", "method", "path", "path_lower", "remote_ip",
-        "request", "sni", "source_ip", "source_namespace", "source_principal",
+        "_destination_ip", "_path_lower", "_remote_ip", "_source_ip", "_source_namespace",
+        "auth", "auth_audiences", "auth_presenter", "auth_principal", "destination_port",
+        "headers", "host", "method", "path", "request", "sni", "source_principal",
+        "trusted_proxies",
     )
 
     def __init__(
         self, request: AuthzRequest, auth: AuthIdentity | None = None, trusted_proxies: int = 0
     ) -> None:
         self.request = request
+        self.trusted_proxies = trusted_proxies
         self.method = request.method
         self.host = request.host.lower()
         self.path = request.path
-        self.path_lower = request.path.lower()
         self.headers = request.headers
-        self.source_ip: IPAddress | None = parse_ip(request.source_ip)
-        self.remote_ip: IPAddress | None = parse_ip(
-            remote_ip(request.headers, request.source_ip, trusted_proxies)
-        )
-        self.destination_ip: IPAddress | None = parse_ip(request.destination_ip)
         self.destination_port = request.destination_port
         principal = request.source_principal
         # Istio writes principals without the scheme and matches them as spiffe://<value>.
         self.source_principal = principal.removeprefix("spiffe://") if principal else None
-        self.source_namespace = spiffe_namespace(principal)
         self.sni = request.sni
         self.auth = auth
         self.auth_principal = auth.principal if auth else None
         self.auth_audiences: tuple[str, ...] = auth.audiences if auth else ()
         self.auth_presenter = auth.presenter if auth else None
+        self._source_ip: Any = _UNSET
+        self._remote_ip: Any = _UNSET
+        self._destination_ip: Any = _UNSET
+        self._source_namespace: Any = _UNSET
+        self._path_lower: Any = _UNSET
+
+    @property
+    def source_ip(self) -> IPAddress | None:
+        """The direct peer's address (``source.ip``)."""
+        if self._source_ip is _UNSET:
+            self._source_ip = parse_ip(self.request.source_ip)
+        value: IPAddress | None = self._source_ip
+        return value
+
+    @property
+    def remote_ip(self) -> IPAddress | None:
+        """The original client (``remote.ip``), from X-Forwarded-For and trusted proxies."""
+        if self._remote_ip is _UNSET:
+            req = self.request
+            self._remote_ip = parse_ip(remote_ip(req.headers, req.source_ip, self.trusted_proxies))
+        value: IPAddress | None = self._remote_ip
+        return value
+
+    @property
+    def destination_ip(self) -> IPAddress | None:
+        """The workload's address (``destination.ip``)."""
+        if self._destination_ip is _UNSET:
+            self._destination_ip = parse_ip(self.request.destination_ip)
+        value: IPAddress | None = self._destination_ip
+        return value
+
+    @property
+    def source_namespace(self) -> str | None:
+        """The namespace in the peer's SPIFFE identity (``source.namespace``)."""
+        if self._source_namespace is _UNSET:
+            self._source_namespace = spiffe_namespace(self.request.source_principal)
+        value: str | None = self._source_namespace
+        return value
+
+    @property
+    def path_lower(self) -> str:
+        """The path lower-cased (policies opting into case-insensitive paths)."""
+        if self._path_lower is _UNSET:
+            self._path_lower = self.path.lower()
+        value: str = self._path_lower
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A compiled path template and its literal head (the text before the first operator)."""
+
+    pattern_head: str
+    regex: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +143,7 @@ class StringMatch:
     prefixes: tuple[str, ...]
     suffixes: tuple[str, ...]
     presence: bool
-    templates: tuple[Any, ...] = ()
+    templates: tuple[Template, ...] = ()
     ignore_case: bool = False
 
     @classmethod
@@ -97,12 +154,13 @@ class StringMatch:
         exact: set[str] = set()
         prefixes: list[str] = []
         suffixes: list[str] = []
-        compiled: list[Any] = []
+        compiled: list[Template] = []
         presence = False
         for raw in values:
             v = raw.lower() if ignore_case else raw
             if templates and ("{" in v or "}" in v):
-                compiled.append(re2.compile(template_regex(v)))
+                compiled.append(Template(v[: v.index("{")] if "{" in v else v,
+                                         re2.compile(template_regex(v))))
             elif v == "*":
                 presence = True
             elif v.startswith("*"):
@@ -130,12 +188,18 @@ class StringMatch:
             return True
         if self.suffixes and value.endswith(self.suffixes):
             return True
-        return any(t.fullmatch(value) is not None for t in self.templates)
+        return any(t.regex.fullmatch(value) is not None for t in self.templates)
 
     @property
     def indexable(self) -> bool:
-        """True when only exact and prefix values are present (usable as an index key)."""
-        return not (self.presence or self.suffixes or self.templates)
+        """True when every value has a literal exact value or prefix usable as an index key."""
+        return not (self.presence or self.suffixes)
+
+    @property
+    def index_prefixes(self) -> tuple[str, ...]:
+        """Prefixes for indexing: the ``prefix*`` values plus each template's literal head."""
+        heads = tuple(t.pattern_head for t in self.templates)
+        return self.prefixes + heads
 
 
 def template_regex(template: str) -> str:

@@ -493,6 +493,8 @@ class PolicySet:
         self.default_namespace = default_namespace
         self.files = tuple(files)
         self._views: dict[Any, WorkloadView] = {}
+        #: Per-rule results the engine reuses (decisions are immutable; bounded by the config).
+        self.memo: dict[Any, Any] = {}
 
     def policy(self, index: int) -> Policy:
         """The policy at load position ``index``."""
@@ -827,12 +829,12 @@ def _index_key(operations: Sequence[Clause]) -> IndexKey | None:
                     or not check.matcher.indexable:
                 ok = False
                 break
-            if dimension != "path" and check.matcher.prefixes:
+            if dimension != "path" and check.matcher.index_prefixes:
                 ok = False
                 break
             ci = ci or check.matcher.ignore_case
             exact.update(check.matcher.exact)
-            prefixes.extend(check.matcher.prefixes)
+            prefixes.extend(check.matcher.index_prefixes)
         if ok:
             dim: Literal["path", "path_ci", "host", "method"]
             dim = "path_ci" if dimension == "path" and ci else dimension  # type: ignore[assignment]

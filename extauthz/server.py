@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -36,29 +36,41 @@ _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
 def to_domain(check: external_auth_pb2.CheckRequest) -> AuthzRequest:
-    """Map a CheckRequest to the domain request (missing fields become absent, never errors)."""
+    """Map a CheckRequest to the domain request (missing fields become absent, never errors).
+
+    ``headers`` and ``context_extensions`` are the CheckRequest's own (read-only used) maps, not
+    copies: Envoy already lower-cases header names, and copying them is most of this function's
+    cost. They live as long as the call.
+    """
     attrs = check.attributes
     http = attrs.request.http
-    headers: dict[str, str] = dict(http.headers)
+    headers: Mapping[str, str] = http.headers
     if not headers and len(http.header_map.headers):
         # encode_raw_headers: repeated raw entries; merge duplicates like Envoy does.
+        merged: dict[str, str] = {}
         for entry in http.header_map.headers:
             value = entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
             key = entry.key.lower()
-            headers[key] = f"{headers[key]},{value}" if key in headers else value
+            merged[key] = f"{merged[key]},{value}" if key in merged else value
+        headers = merged
     source = attrs.source.address.socket_address
     destination = attrs.destination.address.socket_address
-    return AuthzRequest.build(
+    raw_path = http.path or headers.get(":path", "/")
+    path, _, query = raw_path.partition("?")
+    if "#" in path:
+        path = path.partition("#")[0]
+    return AuthzRequest(
         method=http.method or headers.get(":method", ""),
         host=http.host or headers.get(":authority", ""),
-        path=http.path or headers.get(":path", "/"),
+        path=path or "/",
+        query=query,
         headers=headers,
         source_ip=source.address or None,
         source_principal=attrs.source.principal or None,
         destination_ip=destination.address or None,
         destination_port=destination.port_value if destination.address else None,
         sni=attrs.tls_session.sni or None,
-        context_extensions=dict(attrs.context_extensions),
+        context_extensions=attrs.context_extensions,
         request_id=http.id,
     )
 
@@ -71,9 +83,15 @@ def _header_options(pairs: Sequence[tuple[str, str]]) -> list[base_pb2.HeaderVal
     ]
 
 
+_PLAIN_ALLOW = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))
+
+
 def to_response(decision: Decision) -> external_auth_pb2.CheckResponse:
     """Map a decision to the CheckResponse Envoy understands."""
     if decision.allowed:
+        if not (decision.headers_to_add or decision.headers_to_remove
+                or decision.params_to_remove):
+            return _PLAIN_ALLOW
         return external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=code_pb2.OK),
             ok_response=external_auth_pb2.OkHttpResponse(
@@ -92,6 +110,29 @@ def to_response(decision: Decision) -> external_auth_pb2.CheckResponse:
             body=decision.body,
         ),
     )
+
+
+class _ResponseCache:
+    """Responses for the engine's shared (memoized) decisions, built once per decision object.
+
+    Responses are never mutated after creation, so gRPC can serialize the same one every time.
+    """
+
+    MAX = 8192
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Decision, external_auth_pb2.CheckResponse]] = {}
+
+    def get(self, decision: Decision) -> external_auth_pb2.CheckResponse:
+        entry = self._entries.get(id(decision))
+        if entry is not None and entry[0] is decision:
+            return entry[1]
+        response = to_response(decision)
+        if len(self._entries) >= self.MAX:
+            self._entries.clear()
+        # Keeping the decision in the entry pins its id, so a reused id can never alias.
+        self._entries[id(decision)] = (decision, response)
+        return response
 
 
 def error_response(message: str) -> external_auth_pb2.CheckResponse:
@@ -116,6 +157,9 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         self.metrics = metrics
         self.authenticator = authenticator or Authenticator()
         self.trusted_proxies = trusted_proxies
+        self._responses = _ResponseCache()
+        self._policy_children: dict[tuple[str, str], Any] = {}
+        self._latency = metrics.check_seconds
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: Any
@@ -123,42 +167,47 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         """Authorize one request."""
         started = time.perf_counter()
         try:
-            return await self._check(request)
-        finally:
-            self.metrics.check_seconds.observe(time.perf_counter() - started)
-
-    async def _check(
-        self, check: external_auth_pb2.CheckRequest
-    ) -> external_auth_pb2.CheckResponse:
-        try:
             policies = self.snapshot.get()
         except NotLoadedError:
             self.metrics.result["error"].inc()
+            self._latency.observe(time.perf_counter() - started)
             log_event(_log, "authz_error", logging.ERROR, error="no policy loaded")
             return error_response("no policy loaded")
         try:
-            req = to_domain(check)
+            req = to_domain(request)
             view = policies.view(req.context_extensions)
             authn = (await self.authenticator.authenticate(view.jwt_rules, req)
                      if view.jwt_rules else NO_TOKEN)
             decision = decide(policies, view, req, authn, trusted_proxies=self.trusted_proxies)
+            self.record(decision, req)
+            response = (self._responses.get(decision) if authn is NO_TOKEN
+                        else to_response(decision))
         except Exception as exc:
             # Not silent: logged with the traceback and counted; Envoy denies (fail closed).
             self.metrics.result["error"].inc()
             _log.exception("authz_error", extra={"mixer_fields": {"error": repr(exc)}})
+            self._latency.observe(time.perf_counter() - started)
             return error_response("internal error")
-        self.record(decision, req)
-        return to_response(decision)
+        self._latency.observe(time.perf_counter() - started)
+        return response
+
+    def _policy_counter(self, policy: str, result: str) -> Any:
+        key = (policy, result)
+        child = self._policy_children.get(key)
+        if child is None:
+            child = self._policy_children[key] = self.metrics.policy_decisions.labels(*key)
+        return child
 
     def record(self, decision: Decision, req: AuthzRequest) -> None:
         """Count and log one decision (deny, dry-run deny, audit and 401 are logged)."""
         m = self.metrics
         m.result[decision.verdict].inc()
         if decision.decided_by is not None:
-            m.policy_decisions.labels(decision.decided_by.policy, decision.verdict).inc()
+            self._policy_counter(decision.decided_by.policy, decision.verdict).inc()
         elif decision.verdict == "deny":
-            m.policy_decisions.labels("-", "deny").inc()
-        if decision.verdict != "allow":
+            self._policy_counter("-", "deny").inc()
+        logging_on = _log.isEnabledFor(logging.INFO)
+        if decision.verdict != "allow" and logging_on:
             log_event(
                 _log, "authz_denied" if decision.verdict == "deny" else "authz_unauthenticated",
                 logging.INFO, status=decision.status, reason=decision.reason,
@@ -170,20 +219,22 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             m.result["dry_run_deny"].inc()
             by = decision.dry_run_by
             if by is not None:
-                m.policy_decisions.labels(by.policy, "dry_run_deny").inc()
-            log_event(
-                _log, "authz_dry_run_denied", logging.INFO, enforced=decision.verdict,
-                reason=decision.dry_run_reason, policy=by.policy if by else None,
-                rule=by.rule_id if by else None, **_request_fields(req, decision),
-            )
+                self._policy_counter(by.policy, "dry_run_deny").inc()
+            if logging_on:
+                log_event(
+                    _log, "authz_dry_run_denied", logging.INFO, enforced=decision.verdict,
+                    reason=decision.dry_run_reason, policy=by.policy if by else None,
+                    rule=by.rule_id if by else None, **_request_fields(req, decision),
+                )
         if decision.audit is not None:
             m.result["audit"].inc()
-            m.policy_decisions.labels(decision.audit.policy, "audit").inc()
-            log_event(
-                _log, "authz_audit", logging.INFO, enforced=decision.verdict,
-                policy=decision.audit.policy, rule=decision.audit.rule_id,
-                **_request_fields(req, decision),
-            )
+            self._policy_counter(decision.audit.policy, "audit").inc()
+            if logging_on:
+                log_event(
+                    _log, "authz_audit", logging.INFO, enforced=decision.verdict,
+                    policy=decision.audit.policy, rule=decision.audit.rule_id,
+                    **_request_fields(req, decision),
+                )
 
 
 def _request_fields(req: AuthzRequest, decision: Decision) -> dict[str, Any]:

@@ -124,7 +124,7 @@ def check_request(path: str, *, headers: dict[str, str] | None = None, method: s
 async def test_allow_and_default_deny_body(service: Running) -> None:
     """Allowed -> OK status; denied -> 403 'RBAC: access denied' with code PERMISSION_DENIED."""
     ok = await service.stub.Check(check_request("/get"))
-    assert ok.status.code == 0 and ok.HasField("ok_response")
+    assert ok.status.code == 0 and not ok.HasField("denied_response")
     denied = await service.stub.Check(check_request("/admin/x?y=1"))
     assert denied.status.code == 7
     assert denied.denied_response.status.code == 403

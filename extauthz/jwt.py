@@ -171,6 +171,13 @@ def unverified_issuer(token: str) -> str | None:
 
 def verify_token(token: str, rule: JwtRule, keys: KeySet, now: float) -> dict[str, Any]:
     """Verify signature and claims of ``token`` for ``rule``; returns the claims or raises."""
+    claims = verify_signature(token, keys)
+    check_claims(claims, rule, now)
+    return claims
+
+
+def verify_signature(token: str, keys: KeySet) -> dict[str, Any]:
+    """Check the signature against ``keys`` (allow-listed algorithms only); returns the claims."""
     try:
         header = _b64json(token.split(".")[0])
     except (ValueError, binascii.Error, UnicodeDecodeError, IndexError):
@@ -183,7 +190,11 @@ def verify_token(token: str, rule: JwtRule, keys: KeySet, now: float) -> dict[st
         decoded = jose_jwt.decode(token, keys, algorithms=algs)
     except (JoseError, ValueError, TypeError) as exc:
         raise TokenError(f"Jwt verification fails ({type(exc).__name__})") from None
-    claims = dict(decoded.claims)
+    return dict(decoded.claims)
+
+
+def check_claims(claims: Mapping[str, Any], rule: JwtRule, now: float) -> None:
+    """Issuer, time window (with Envoy's 60 s skew) and audiences; raises TokenError."""
     if claims.get("iss") != rule.issuer:
         raise TokenError("Jwt issuer is not configured")
     exp = claims.get("exp")
@@ -200,7 +211,6 @@ def verify_token(token: str, rule: JwtRule, keys: KeySet, now: float) -> dict[st
             raise TokenError("Jwt not yet valid")
     if rule.audiences and not rule.audiences.intersection(token_audiences(claims)):
         raise TokenError("Audiences in Jwt are not allowed")
-    return claims
 
 
 def token_audiences(claims: Mapping[str, Any]) -> tuple[str, ...]:
@@ -349,10 +359,14 @@ async def fetch_jwks(uri: str, fetch_timeout: float) -> KeySet:
 class Authenticator:
     """Runs a workload's JWT rules over a request (async only for JWKS fetching)."""
 
+    #: Verified signatures remembered (token -> claims); cleared whole when full.
+    VERIFIED_CACHE_SIZE = 4096
+
     def __init__(self, cache: JwksCache | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cache = cache or JwksCache()
         self._clock = clock
+        self._verified: dict[str, tuple[KeySet, dict[str, Any]]] = {}
 
     async def _keys(self, rule: JwtRule) -> KeySet | None:
         if rule.jwks is not None:
@@ -415,10 +429,25 @@ class Authenticator:
             if keys is None:
                 continue
             try:
-                return verify_token(token, rule, keys, self._clock()), rule
+                claims = self._signature_ok(token, keys)
+                check_claims(claims, rule, self._clock())
+                return claims, rule
             except TokenError as exc:
                 error = exc
         raise error
+
+    def _signature_ok(self, token: str, keys: KeySet) -> dict[str, Any]:
+        # Signature checks are the expensive part (RSA/EC); a token seen before with the very
+        # same key set object is not re-verified. Claims (expiry!) are re-checked every time,
+        # and a JWKS refresh or reload brings a new KeySet object, which misses the cache.
+        hit = self._verified.get(token)
+        if hit is not None and hit[0] is keys:
+            return hit[1]
+        claims = verify_signature(token, keys)
+        if len(self._verified) >= self.VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (keys, claims)
+        return claims
 
 
 def _output_headers(token: str, claims: Mapping[str, Any], rule: JwtRule) -> list[tuple[str, str]]:

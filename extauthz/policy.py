@@ -938,6 +938,16 @@ def _compile_authn(doc: SourceDoc, resource: ResourceModel, namespace: str,
             if uri is None:
                 raise doc.error(f"jwksUri '{r.jwks_uri}' must be file://, http:// or https://",
                                 (*where, "jwksUri"))
+            if uri.startswith("file://"):
+                # A local key file is checked now, so a typo fails the load (and a reload keeps
+                # the previous policies) instead of turning every token into a 401 later.
+                try:
+                    parse_jwks(Path(uri[len("file://"):]).read_text(encoding="utf-8"))
+                except OSError as exc:
+                    raise doc.error(f"cannot read jwksUri file: {exc.strerror or exc}",
+                                    (*where, "jwksUri")) from None
+                except JwksError as exc:
+                    raise doc.error(f"jwksUri file: {exc}", (*where, "jwksUri")) from None
         else:
             raise doc.error("one of jwks or jwksUri is required (there is no OIDC discovery "
                             "here)", where)

@@ -26,7 +26,7 @@ from envoy_mixer.snapshot import NotLoadedError, Snapshot
 from extauthz.engine import Decision, decide
 from extauthz.jwt import NO_TOKEN, Authenticator
 from extauthz.metrics import AuthzMetrics
-from extauthz.policy import PolicySet
+from extauthz.policy import PolicySet, WorkloadView
 from extauthz.request import AuthzRequest
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
@@ -179,7 +179,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             authn = (await self.authenticator.authenticate(view.jwt_rules, req)
                      if view.jwt_rules else NO_TOKEN)
             decision = decide(policies, view, req, authn, trusted_proxies=self.trusted_proxies)
-            self.record(decision, req)
+            self.record(decision, req, view)
             response = (self._responses.get(decision) if authn is NO_TOKEN
                         else to_response(decision))
         except Exception as exc:
@@ -198,7 +198,8 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             child = self._policy_children[key] = self.metrics.policy_decisions.labels(*key)
         return child
 
-    def record(self, decision: Decision, req: AuthzRequest) -> None:
+    def record(self, decision: Decision, req: AuthzRequest,
+               view: WorkloadView | None = None) -> None:
         """Count and log one decision (deny, dry-run deny, audit and 401 are logged)."""
         m = self.metrics
         m.result[decision.verdict].inc()
@@ -213,6 +214,9 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                 logging.INFO, status=decision.status, reason=decision.reason,
                 policy=decision.decided_by.policy if decision.decided_by else None,
                 rule=decision.decided_by.rule_id if decision.decided_by else None,
+                # A default deny names no rule: list the ALLOW policies none of which matched.
+                allow_policies=None if decision.decided_by or view is None else [
+                    p.key for p in view.policies if p.action == "ALLOW" and not p.dry_run],
                 **_request_fields(req, decision),
             )
         if decision.dry_run_denied:

@@ -242,3 +242,17 @@ async def test_unreachable_jwks_uri_rejects_tokens(h: Any, signer: Any, free_por
 def test_no_rules_means_no_token_outcome() -> None:
     """A workload without RequestAuthentication never inspects tokens."""
     assert AuthnOutcome().identity is None and AuthnOutcome().error is None
+
+
+async def test_verified_signature_cache_still_checks_expiry(h: Any, signer: Any) -> None:
+    """A cached signature is reused, but expiry is re-checked against the injected clock."""
+    now = [time.time()]
+    auth = Authenticator(clock=lambda: now[0])
+    ps = h.policies(authn_yaml(signer))
+    token = signer.token(exp=int(now[0]) + 10)
+    first, _ = await run(ps, h.request("/", **bearer(token)), auth)
+    again, _ = await run(ps, h.request("/", **bearer(token)), auth)
+    assert first.identity == again.identity and len(auth._verified) == 1
+    now[0] += 10 + 61  # past exp plus Envoy's 60 s skew
+    late, d = await run(ps, h.request("/", **bearer(token)), auth)
+    assert (late.error, d.status) == ("Jwt is expired", 401)

@@ -28,6 +28,7 @@ EXPECTED_ERRORS = {
     "dry_run_value": 'annotation \'istio.io/dry-run\' must be "true" or "false", got \'yes\' (line 6, field metadata.annotations.istio.io/dry-run)',
     "duplicate": 'duplicate AuthorizationPolicy default/same (first defined at duplicate.yaml:1) (line 10, field metadata.name)',
     "empty_value": 'empty string is not a valid value (line 9, field spec.rules[0].to[0].operation.methods[1])',
+    "jwks_file_missing": 'cannot read jwksUri file: No such file or directory (line 8, field spec.jwtRules[0].jwksUri)',
     "jwt_bad_inline_jwks": "JWKS must be a JSON object with a 'keys' list (line 8, field spec.jwtRules[0].jwks)",
     "jwt_without_keys": 'one of jwks or jwksUri is required (there is no OIDC discovery here) (line 7, field spec.jwtRules[0])',
     "target_refs": 'targetRefs is not supported (there is no Kubernetes here): use selector.matchLabels with the workload labels the Envoy sends (line 7, field spec.targetRefs)',

@@ -169,6 +169,7 @@ async def test_dry_run_and_audit_logged_and_counted(service: Running,
     assert events["authz_audit"]["policy"] == "foo/audit"
     assert events["authz_denied"]["rule"] == "ns[foo]-policy[deny-admin]-rule[0]"
     assert events["authz_denied"]["path"] == "/admin"
+    assert events["authz_denied"]["allow_policies"] is None
     assert service.metric("mixer_authz_decisions_total", result="dry_run_deny") == 1
     assert service.metric("mixer_authz_decisions_total", result="audit") == 1
 

@@ -256,3 +256,12 @@ async def test_verified_signature_cache_still_checks_expiry(h: Any, signer: Any)
     now[0] += 10 + 61  # past exp plus Envoy's 60 s skew
     late, d = await run(ps, h.request("/", **bearer(token)), auth)
     assert (late.error, d.status) == ("Jwt is expired", 401)
+
+
+async def test_from_cookies(h: Any, signer: Any) -> None:
+    """fromCookies reads the token from a named cookie."""
+    ps = h.policies(authn_yaml(signer, "    fromCookies: [session]") + REQUIRE_JWT)
+    cookie = f"theme=dark; session={signer.token()}"
+    outcome, d = await run(ps, h.request("/", headers={"cookie": cookie},
+                                         context_extensions={"namespace": "foo"}))
+    assert d.verdict == "allow" and outcome.identity.principal == f"{ISS}/alice"

@@ -180,8 +180,10 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                      if view.jwt_rules else NO_TOKEN)
             decision = decide(policies, view, req, authn, trusted_proxies=self.trusted_proxies)
             self.record(decision, req, view)
-            response = (self._responses.get(decision) if authn is NO_TOKEN
-                        else to_response(decision))
+            # Only the engine's shared decisions are worth caching; per-request ones (JWT
+            # headers, audit, dry-run details) would just churn the cache.
+            shared = authn is NO_TOKEN and decision.audit is None and not view.has_dry_run
+            response = self._responses.get(decision) if shared else to_response(decision)
         except Exception as exc:
             # Not silent: logged with the traceback and counted; Envoy denies (fail closed).
             self.metrics.result["error"].inc()

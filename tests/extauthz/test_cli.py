@@ -102,3 +102,26 @@ def test_policy_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     bad = Path(__file__).parent / "testdata" / "errors" / "bad_cidr.yaml"
     assert cli.main(["explain", "--policy", str(bad)]) == 2
     assert "bad_cidr.yaml: invalid IP address" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+async def test_serve_subprocess_answers_check(start_mixer: Any, free_port: Any) -> None:
+    """`mixer authz --policy P --listen --admin` serves Check and /healthz as a real process."""
+    import grpc
+    from envoy.service.auth.v3 import (
+        attribute_context_pb2,
+        external_auth_pb2,
+        external_auth_pb2_grpc,
+    )
+
+    port, admin = free_port(), free_port()
+    proc = start_mixer(["authz", "--policy", POLICY, "--listen", f"127.0.0.1:{port}",
+                        "--admin", f"127.0.0.1:{admin}"], admin)
+    ctx = attribute_context_pb2.AttributeContext
+    request = external_auth_pb2.CheckRequest(attributes=ctx(
+        request=ctx.Request(http=ctx.HttpRequest(method="GET", path="/admin", host="h")),
+        context_extensions={"namespace": "foo"}))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        resp = await external_auth_pb2_grpc.AuthorizationStub(channel).Check(request)
+    assert resp.denied_response.status.code == 403
+    assert proc.stop() == 0  # SIGTERM drains and exits cleanly

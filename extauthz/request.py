@@ -58,7 +58,7 @@ class AuthzRequest:
     ) -> AuthzRequest:
         """Build from raw parts: split the query off ``path``, lower-case header names."""
         raw_path, _, query = path.partition("?")
-        raw_path = raw_path.partition("#")[0]
+        raw_path, query = raw_path.partition("#")[0], query.partition("#")[0]
         return cls(
             method=method,
             host=host,

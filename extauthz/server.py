@@ -57,8 +57,8 @@ def to_domain(check: external_auth_pb2.CheckRequest) -> AuthzRequest:
     destination = attrs.destination.address.socket_address
     raw_path = http.path or headers.get(":path", "/")
     path, _, query = raw_path.partition("?")
-    if "#" in path:
-        path = path.partition("#")[0]
+    if "#" in raw_path:
+        path, query = path.partition("#")[0], query.partition("#")[0]
     return AuthzRequest(
         method=http.method or headers.get(":method", ""),
         host=http.host or headers.get(":authority", ""),

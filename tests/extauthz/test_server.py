@@ -215,3 +215,26 @@ async def test_not_loaded_answers_error(tmp_path: Path) -> None:
         assert registry.get_sample_value("mixer_authz_decisions_total", {"result": "error"}) == 1
     finally:
         await running.stop(0)
+
+
+def test_to_domain_raw_header_map_query_and_identity() -> None:
+    """encode_raw_headers entries are merged, the query is split off, peers are mapped."""
+    from envoy.config.core.v3 import base_pb2
+
+    from extauthz.server import to_domain
+
+    ctx = attribute_context_pb2.AttributeContext
+    http = ctx.HttpRequest(method="POST", path="/a/b?x=1#frag", host="H.example")
+    http.header_map.headers.extend([
+        base_pb2.HeaderValue(key="X-Multi", raw_value=b"1"),
+        base_pb2.HeaderValue(key="x-multi", raw_value=b"2"),
+    ])
+    attrs = ctx(request=ctx.Request(http=http), source=ctx.Peer(principal="spiffe://td/ns/a/sa/b"),
+                tls_session=ctx.TLSSession(sni="sni.example"))
+    attrs.destination.address.socket_address.address = "10.1.1.1"
+    attrs.destination.address.socket_address.port_value = 8443
+    req = to_domain(external_auth_pb2.CheckRequest(attributes=attrs))
+    assert (req.method, req.host, req.path, req.query) == ("POST", "H.example", "/a/b", "x=1")
+    assert req.headers["x-multi"] == "1,2"
+    assert (req.source_principal, req.sni) == ("spiffe://td/ns/a/sa/b", "sni.example")
+    assert (req.destination_ip, req.destination_port) == ("10.1.1.1", 8443)

@@ -31,7 +31,7 @@ class RateLimitSettings:
     redis_url: str | None = None
     redis_mode: str = "single"
     redis_timeout: float = 0.25
-    redis_pool_size: int = 32
+    redis_pool_size: int = 4
     redis_prefix: str = "mixer:rl:"
     reload_interval: float = 0.5
     limiter: LimiterSettings = field(default_factory=LimiterSettings)

@@ -66,8 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--redis-pool-size", type=int,
-        default=int(_env("redis-pool-size", "32", "REDIS_POOL_SIZE") or 32),
-        help="max Redis connections (callers wait up to the timeout for one; default 32)",
+        default=int(_env("redis-pool-size", "4", "REDIS_POOL_SIZE") or 4),
+        help="Redis connections = script calls in flight; calls arriving meanwhile are batched "
+        "into the next one (default 4)",
     )
     parser.add_argument(
         "--redis-prefix", default=_env("redis-prefix", "mixer:rl:", "CACHE_KEY_PREFIX"),

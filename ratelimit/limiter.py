@@ -12,7 +12,6 @@ each decision are returned as data (``StatDelta``) so the caller records them.
 from __future__ import annotations
 
 import enum
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -309,13 +308,14 @@ class Limiter:
     ) -> tuple[Status, int, int]:
         """Status plus (over_limit, near_limit) increments for one limit."""
         lim, addend, key, window_end, index = slot
-        reset = max(1, math.ceil(window_end - now))
+        # Whole seconds, as the reference computes it: unit - now % unit (always >= 1).
+        reset = window_end - int(now)
         if index < 0:
             return Status(_OVER, lim, 0, reset), addend, 0
         after = results[index]
         before = after - addend
         limit = lim.requests_per_unit
-        near_threshold = math.floor(limit * self._ratio)
+        near_threshold = int(limit * self._ratio)  # floor: both operands are >= 0
         if after > limit:
             if before >= limit:
                 over, near = addend, 0

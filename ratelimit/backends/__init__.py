@@ -14,7 +14,7 @@ def create_backend(
     redis_url: str | None = None,
     redis_mode: str = "single",
     redis_timeout: float = 0.25,
-    redis_pool_size: int = 32,
+    redis_pool_size: int = 4,
     redis_prefix: str = "mixer:rl:",
 ) -> Backend:
     """The backend named ``kind`` (``memory`` or ``redis``)."""

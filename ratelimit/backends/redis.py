@@ -21,11 +21,19 @@ Modes (``mode``):
 
 Every call is bounded by ``timeout`` seconds (connection, pool wait and reply together); a
 timeout or connection failure raises ``BackendError`` and the next call reconnects by itself.
+A call that timed out may still have been applied (its command was already sent).
+
+Batching: at most ``pool_size`` script calls (one per connection) are in flight; calls
+arriving meanwhile (and calls made in the same event-loop turn) wait and go together in the
+next script call. Unloaded, a call is sent at once; under load, batches grow by themselves, so
+the per-call client CPU (the Redis client is most of this backend's cost) is shared by many
+requests. Each op stays atomic, and each request still costs at most one round trip of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -34,13 +42,19 @@ import redis.asyncio as aredis
 from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ratelimit.backends.base import CounterOp
 from ratelimit.errors import BackendError
 
 MODES = ("single", "sentinel", "cluster")
+
+# One request's ops and the future its caller awaits.
+_Waiter = tuple[Sequence[CounterOp], "asyncio.Future[list[int]]"]
+
+# Most requests per script call (script calls in flight at once: ``pool_size``).
+_MAX_BATCH = 256
 
 # ARGV holds 4 values per op: addend, ttl, weight (-1 = fixed window), limit.
 # KEYS holds 1 key per fixed op and 2 (current, previous window) per sliding op.
@@ -84,7 +98,7 @@ class RedisBackend:
         *,
         mode: str = "single",
         timeout: float = 0.25,
-        pool_size: int = 32,
+        pool_size: int = 4,
         prefix: str = "mixer:rl:",
     ) -> None:
         if mode not in MODES:
@@ -93,30 +107,122 @@ class RedisBackend:
         self.timeout = timeout
         self.prefix = prefix
         self._healthy = True
+        self._pending: list[_Waiter] = []
+        self._flush_scheduled = False
+        self._inflight = 0
+        self._max_inflight = max(1, pool_size)
+        self._tasks: set[asyncio.Task[None]] = set()
         self._client: Any = _client(url, mode, timeout, pool_size)
         self._script = self._client.register_script(_SCRIPT)
+        self._sha = hashlib.sha1(_SCRIPT.encode()).hexdigest().encode()
+        # Single/Sentinel: our own connections, one per in-flight script call, used directly
+        # (hand-packed EVALSHA, one reply read): redis-py's generic command path costs more
+        # CPU than the rest of a ShouldRateLimit. Cluster keeps redis-py's client for routing.
+        self._free: list[Any] = []
         self.url = _redact(url)
 
     async def apply(self, ops: Sequence[CounterOp]) -> list[int]:
-        """Run the ops in one script call (per slot in cluster mode), within ``timeout``."""
+        """Apply ``ops`` (batched with concurrent calls), within ``timeout``."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        self._pending.append((ops, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await future
+        except TimeoutError as exc:
+            self._healthy = False
+            raise BackendError(f"redis did not answer within {self.timeout}s", "timeout") from exc
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._pending and self._inflight < self._max_inflight:
+            batch = self._pending[:_MAX_BATCH]
+            del self._pending[:_MAX_BATCH]
+            self._inflight += 1
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            # Keep a reference until done (the loop only holds weak ones).
+            self._tasks.add(task)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._inflight -= 1
+        # Whatever queued up while this call was in flight goes next.
+        if self._pending and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def _send(self, batch: list[_Waiter]) -> None:
+        ops = [op for request_ops, _ in batch for op in request_ops]
         try:
             async with asyncio.timeout(self.timeout):
                 if self.mode == "cluster":
-                    result = await self._apply_cluster(ops)
+                    results = await self._apply_cluster(ops)
                 else:
-                    result = await self._run(ops)
-        except (TimeoutError, RedisTimeoutError) as exc:
-            self._healthy = False
-            raise BackendError(f"redis did not answer within {self.timeout}s", "timeout") from exc
-        except RedisConnectionError as exc:
-            self._healthy = False
-            raise BackendError(f"redis connection failed: {exc}", "connection") from exc
-        except (RedisError, OSError) as exc:
-            raise BackendError(f"redis error: {exc}", "response") from exc
+                    results = await self._run(ops)
+        except BaseException as exc:  # every waiter must hear about the failure
+            if _backend_error(exc, self.timeout).kind in ("timeout", "connection"):
+                self._healthy = False
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(_backend_error(exc, self.timeout))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
         self._healthy = True
-        return result
+        pos = 0
+        for request_ops, future in batch:
+            end = pos + len(request_ops)
+            if not future.done():
+                future.set_result(results[pos:end])
+            pos = end
 
     async def _run(self, ops: Sequence[CounterOp]) -> list[int]:
+        if self.mode == "cluster":
+            return await self._run_client(ops)
+        prefix = self.prefix
+        keys: list[bytes] = []
+        args: list[bytes] = []
+        for op in ops:
+            keys.append((prefix + op.key).encode())
+            if op.prev_key is None:
+                args.append(b"%d" % op.addend)
+                args.append(b"%d" % op.ttl)
+                args.append(b"-1")
+                args.append(b"0")
+            else:
+                keys.append((prefix + op.prev_key).encode())
+                args.append(b"%d" % op.addend)
+                args.append(b"%d" % op.ttl)
+                args.append(repr(op.prev_weight).encode())
+                args.append(b"%d" % op.limit)
+        head = [b"EVALSHA", self._sha, b"%d" % len(keys)]
+        packed = _pack_command([*head, *keys, *args])
+        conn = self._free.pop() if self._free else self._client.connection_pool.make_connection()
+        try:
+            try:
+                await conn.send_packed_command(packed, check_health=False)
+                values = await conn.read_response()
+            except NoScriptError:
+                # First use on this server (or after SCRIPT FLUSH / a restart): load, retry.
+                await conn.send_packed_command(
+                    _pack_command([b"SCRIPT", b"LOAD", _SCRIPT.encode()]), check_health=False
+                )
+                await conn.read_response()
+                await conn.send_packed_command(packed, check_health=False)
+                values = await conn.read_response()
+        except BaseException:
+            # The connection's state is unknown (a reply may be pending): drop it.
+            await conn.disconnect()
+            raise
+        finally:
+            self._free.append(conn)
+        return [int(v) for v in values]
+
+    async def _run_client(self, ops: Sequence[CounterOp]) -> list[int]:
         keys: list[str] = []
         args: list[str | int] = []
         prefix = self.prefix
@@ -135,7 +241,7 @@ class RedisBackend:
         for index, op in enumerate(ops):
             groups.setdefault(key_slot((self.prefix + op.key).encode()), []).append(index)
         parts = await asyncio.gather(
-            *(self._run([ops[i] for i in indexes]) for indexes in groups.values())
+            *(self._run_client([ops[i] for i in indexes]) for indexes in groups.values())
         )
         out = [0] * len(ops)
         for indexes, values in zip(groups.values(), parts, strict=True):
@@ -160,7 +266,31 @@ class RedisBackend:
 
     async def close(self) -> None:
         """Close the client and its connection pool."""
+        for task in list(self._tasks):
+            task.cancel()
+        for conn in self._free:
+            await conn.disconnect()
+        self._free.clear()
         await self._client.aclose()
+
+
+def _pack_command(args: Sequence[bytes]) -> bytes:
+    """RESP encoding of one command (an array of bulk strings)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
+def _backend_error(exc: BaseException, timeout: float) -> BackendError:
+    """The BackendError (with a stable ``kind``) for a failure of one script call."""
+    if isinstance(exc, (TimeoutError, RedisTimeoutError)):
+        return BackendError(f"redis did not answer within {timeout}s", "timeout")
+    if isinstance(exc, RedisConnectionError):
+        return BackendError(f"redis connection failed: {exc}", "connection")
+    if isinstance(exc, asyncio.CancelledError):
+        return BackendError("redis call cancelled (shutting down)", "connection")
+    return BackendError(f"redis error: {exc}", "response")
 
 
 def _client(url: str, mode: str, timeout: float, pool_size: int) -> Any:

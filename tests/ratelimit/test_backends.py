@@ -172,3 +172,23 @@ async def test_redis_unresponsive_times_out(own_redis: Any) -> None:
     finally:
         proc.signal(signal.SIGCONT)
         await backend.close()
+
+
+async def test_redis_batches_concurrent_calls(redis_url: str) -> None:
+    """Concurrent calls share script calls, and every caller still gets its own exact counts."""
+    backend = RedisBackend(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        await backend.apply([CounterOp("warm_1", 1, 60)])  # loads the script
+        client.config_resetstat()
+        results = await asyncio.gather(
+            *(backend.apply([CounterOp("same_1", 1, 60), CounterOp(f"own_{i}", 2, 60)])
+              for i in range(20))
+        )
+        stats = client.info("commandstats")
+    finally:
+        await backend.close()
+        client.close()
+    assert sorted(r[0] for r in results) == list(range(1, 21))
+    assert all(r[1] == 2 for r in results)
+    assert stats["cmdstat_evalsha"]["calls"] < 20

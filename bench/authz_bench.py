@@ -93,8 +93,10 @@ def request_mix(rules: int, count: int = 512, seed: int = 2) -> list[dict[str, o
     rng = random.Random(seed)
     out: list[dict[str, object]] = []
     for _ in range(count):
-        n = rng.randrange(max(rules - 3, 1))
         kind = rng.randrange(5)
+        # Rule n has shape n % 4 (see policy_yaml): pick an n of the request's shape so most
+        # requests hit a rule; shape 4 matches nothing (default deny).
+        n = rng.randrange(max((rules - 3) // 4, 1)) * 4 + (kind % 4)
         principal = f"spiffe://cluster.local/ns/shop/sa/client{n % 50}"
         if kind == 0:
             req = {"method": "GET", "path": f"/api/v1/svc{n}/items/42?x=1", "host": "api.shop"}

@@ -113,6 +113,8 @@ def build(settings: RateLimitSettings, registry: CollectorRegistry | None = None
     async def watch_backend() -> None:
         # Readiness follows the backend; while it is down, probe so health recovers on its own.
         ping = getattr(backend, "ping", None)
+        if ping is not None:
+            await ping(5.0)
         while ping is not None:
             await asyncio.sleep(1.0)
             if not backend.healthy():

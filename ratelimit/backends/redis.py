@@ -115,9 +115,10 @@ class RedisBackend:
         self._client: Any = _client(url, mode, timeout, pool_size)
         self._script = self._client.register_script(_SCRIPT)
         self._sha = hashlib.sha1(_SCRIPT.encode()).hexdigest().encode()
-        # Single/Sentinel: our own connections, one per in-flight script call, used directly
+        # Single node: our own connections, one per in-flight script call, used directly
         # (hand-packed EVALSHA, one reply read): redis-py's generic command path costs more
-        # CPU than the rest of a ShouldRateLimit. Cluster keeps redis-py's client for routing.
+        # CPU than the rest of a ShouldRateLimit. Cluster and Sentinel keep redis-py's client,
+        # which routes to slots and follows failovers.
         self._free: list[Any] = []
         self.url = _redact(url)
 
@@ -181,7 +182,7 @@ class RedisBackend:
             pos = end
 
     async def _run(self, ops: Sequence[CounterOp]) -> list[int]:
-        if self.mode == "cluster":
+        if self.mode != "single":
             return await self._run_client(ops)
         prefix = self.prefix
         keys: list[bytes] = []
@@ -249,10 +250,14 @@ class RedisBackend:
                 out[i] = value
         return out
 
-    async def ping(self) -> bool:
-        """True if Redis answers a PING within the timeout."""
+    async def ping(self, budget: float | None = None) -> bool:
+        """True if Redis answers a PING within ``budget`` seconds (default: the call timeout).
+
+        The first PING also sets the client up (Cluster: reads the slot map; Sentinel: finds
+        the master), so the service sends one at startup with a longer budget.
+        """
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(budget or self.timeout):
                 await self._client.ping()
         except (TimeoutError, RedisError, OSError):
             self._healthy = False
@@ -300,7 +305,9 @@ def _client(url: str, mode: str, timeout: float, pool_size: int) -> Any:
         "health_check_interval": 0,
     }
     if mode == "cluster":
-        return aredis.RedisCluster.from_url(url, max_connections=pool_size, **common)
+        # One script call per slot group runs concurrently, and redis-py's cluster client fails
+        # (rather than waits) when a node's connections run out: allow plenty per node.
+        return aredis.RedisCluster.from_url(url, max_connections=max(256, pool_size), **common)
     if mode == "sentinel":
         parts = urlsplit(url)
         hosts = []

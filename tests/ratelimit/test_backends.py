@@ -192,3 +192,84 @@ async def test_redis_batches_concurrent_calls(redis_url: str) -> None:
     assert sorted(r[0] for r in results) == list(range(1, 21))
     assert all(r[1] == 2 for r in results)
     assert stats["cmdstat_evalsha"]["calls"] < 20
+
+
+def _redis_cli(port: int, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True,
+                          check=True, timeout=10).stdout
+
+
+@pytest.mark.slow
+async def test_redis_auth_through_url(tmp_path: Path) -> None:
+    """A password in the URL authenticates; a wrong one fails as a BackendError."""
+    port = procs.free_port()
+    proc = procs.redis_process(port, tmp_path, extra=["--requirepass", "s3cret"]).start()
+    try:
+        proc.wait_ready(15)
+        good = RedisBackend(f"redis://:s3cret@127.0.0.1:{port}/0")
+        bad = RedisBackend(f"redis://:wrong@127.0.0.1:{port}/0")
+        try:
+            assert await good.apply([CounterOp("k_1", 1, 60)]) == [1]
+            assert good.url == f"redis://:***@127.0.0.1:{port}/0"
+            with pytest.raises(BackendError):
+                await bad.apply([CounterOp("k_1", 1, 60)])
+        finally:
+            await good.close()
+            await bad.close()
+    finally:
+        proc.stop()
+
+
+@pytest.mark.slow
+async def test_redis_cluster_mode(tmp_path: Path) -> None:
+    """Cluster mode (one-node cluster owning every slot): ops on many slots, sliding keys too."""
+    port = procs.free_port()
+    proc = procs.redis_process(port, tmp_path, extra=[
+        "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"),
+    ]).start()
+    try:
+        proc.wait_ready(15)
+        _redis_cli(port, "cluster", "addslotsrange", "0", "16383")
+        for _ in range(100):
+            if "cluster_state:ok" in _redis_cli(port, "cluster", "info"):
+                break
+            await asyncio.sleep(0.05)
+        backend = RedisBackend(f"redis://127.0.0.1:{port}", mode="cluster")
+        assert await backend.ping(5.0)  # reads the slot map, as the service does at startup
+        ops = [CounterOp(f"d_k_{i}_60", 1, 60) for i in range(10)]
+        ops.append(CounterOp("{d_s_}sw_60", 1, 120, "{d_s_}sw_0", 0.5, 5))
+        try:
+            assert await backend.apply(ops) == [1] * 11
+            assert await backend.apply(ops) == [2] * 11
+        finally:
+            await backend.close()
+    finally:
+        proc.stop()
+
+
+@pytest.mark.slow
+async def test_redis_sentinel_mode(tmp_path: Path) -> None:
+    """Sentinel mode finds the master through a Sentinel named in the URL."""
+    master_port, sentinel_port = procs.free_port(), procs.free_port()
+    master = procs.redis_process(master_port, tmp_path).start()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\n"
+                    f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n")
+    sentinel = procs.ManagedProcess(
+        name="sentinel", argv=["redis-server", str(conf), "--sentinel"],
+        log_path=tmp_path / "sentinel.log", ready=lambda: procs.tcp_ok(sentinel_port),
+    ).start()
+    try:
+        master.wait_ready(15)
+        sentinel.wait_ready(15)
+        backend = RedisBackend(f"redis://127.0.0.1:{sentinel_port}/mymaster", mode="sentinel")
+        try:
+            assert await backend.apply([CounterOp("k_1", 3, 60)]) == [3]
+        finally:
+            await backend.close()
+        assert _redis_cli(master_port, "get", "mixer:rl:k_1").strip() == "3"
+    finally:
+        sentinel.stop()
+        master.stop()

@@ -127,6 +127,19 @@ def ratelimit_filter(services: MixerServices, domain: str) -> Json:
     }
 
 
+def grpc_stats_filter() -> Json:
+    """gRPC message counting; its filter state feeds istio_request/response_messages_total."""
+    return {
+        "name": "envoy.filters.http.grpc_stats",
+        "typed_config": {
+            "@type": _T + "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+            # The counts travel to the telemetry service as filter state in each log entry.
+            "emit_filter_state": True,
+            "stats_for_all_methods": False,
+        },
+    }
+
+
 def router_filter() -> Json:
     """The terminal router filter."""
     return {
@@ -147,6 +160,8 @@ def access_log(services: MixerServices, log_name: str) -> Json:
                 "grpc_service": {"envoy_grpc": {"cluster_name": TELEMETRY_CLUSTER}},
                 "buffer_flush_interval": services.log_flush_interval,
                 "buffer_size_bytes": 16384,
+                # gRPC message counts (from grpc_stats) for the Istio messages metrics.
+                "filter_state_objects_to_log": ["envoy.filters.http.grpc_stats"],
             },
             "additional_request_headers_to_log": [
                 PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER, "content-type",
@@ -265,6 +280,7 @@ def _filters(services: MixerServices, domain: str | None) -> list[Json]:
     filters = [ext_authz_filter(services)]
     if domain is not None:
         filters.append(ratelimit_filter(services, domain))
+    filters.append(grpc_stats_filter())
     filters.append(router_filter())
     return filters
 

@@ -118,6 +118,19 @@ def test_sidecar_carries_identity_and_explicit_failure_modes() -> None:
     assert health["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["disabled"] is True
 
 
+def test_sidecar_logs_grpc_message_counts() -> None:
+    """grpc_stats runs before the router and its filter state reaches the access log."""
+    config = render_mesh(local_mesh())["sidecar-frontend"]
+    for direction in ("inbound", "outbound"):
+        hcm = _hcm(config, direction)
+        names = [f["name"] for f in hcm["http_filters"]]
+        assert names[-2:] == ["envoy.filters.http.grpc_stats", "envoy.filters.http.router"]
+        stats = hcm["http_filters"][-2]["typed_config"]
+        assert stats["emit_filter_state"] is True
+        common = hcm["access_log"][0]["typed_config"]["common_config"]
+        assert common["filter_state_objects_to_log"] == ["envoy.filters.http.grpc_stats"]
+
+
 def test_peer_metadata_headers_decode_to_the_workload_identity() -> None:
     """Outbound requests carry base64 JSON metadata and the node id; inbound responses too."""
     config = render_mesh(local_mesh())["sidecar-frontend"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from envoy_mixer import procs
 from ratelimit.backends import Backend, MemoryBackend
 from ratelimit.config import RateLimitConfig, load_config, load_texts
 from ratelimit.limiter import Descriptor, Request
@@ -79,3 +81,21 @@ async def backend(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIter
     redis_backend = RedisBackend(url, timeout=1.0, prefix="test:rl:")
     yield redis_backend
     await redis_backend.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Any]:
+    """A redis-server this test may stop and restart (not the shared module one)."""
+    port = procs.free_port()
+    started: list[procs.ManagedProcess] = []
+
+    def start() -> procs.ManagedProcess:
+        proc = procs.redis_process(port, tmp_path).start()
+        started.append(proc)
+        proc.wait_ready(15)
+        return proc
+
+    start.port = port  # type: ignore[attr-defined]
+    yield start
+    for proc in started:
+        proc.stop()

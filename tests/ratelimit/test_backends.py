@@ -111,24 +111,6 @@ async def test_two_replicas_on_one_redis_admit_exactly_the_limit(redis_url: str)
     assert sum(d.overall is Code.OK for d in decisions) == 50
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Any:
-    """A redis-server this test may stop and restart (not the shared module one)."""
-    port = procs.free_port()
-    started: list[procs.ManagedProcess] = []
-
-    def start() -> procs.ManagedProcess:
-        proc = procs.redis_process(port, tmp_path).start()
-        started.append(proc)
-        proc.wait_ready(15)
-        return proc
-
-    start.port = port  # type: ignore[attr-defined]
-    yield start
-    for proc in started:
-        proc.stop()
-
-
 async def test_redis_down_fails_fast_and_recovers(own_redis: Any) -> None:
     """Redis stopped: BackendError within the timeout; restarted on the same port: works again."""
     proc = own_redis()
@@ -228,6 +210,8 @@ async def test_redis_cluster_mode(tmp_path: Path) -> None:
     port = procs.free_port()
     proc = procs.redis_process(port, tmp_path, extra=[
         "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf"),
+        # The bus port defaults to port + 10000, which may not exist for a high free port.
+        "--cluster-port", str(procs.free_port()),
     ]).start()
     try:
         proc.wait_ready(15)

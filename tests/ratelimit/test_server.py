@@ -269,3 +269,25 @@ async def test_malformed_bytes_are_invalid_argument(serve: StartFn) -> None:
         await raw(b"\x0a\x05ab", timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (await h.call("edge", descriptor(("x", "y")))).overall_code == Code.OK
+
+
+async def test_redis_outage_and_recovery(serve: StartFn, own_redis: Any) -> None:
+    """Redis stopped: UNAVAILABLE within the timeout, health 503; restarted: serving again."""
+    proc = own_redis()
+    h = await serve(backend="redis", redis_url=f"redis://127.0.0.1:{own_redis.port}/0",
+                    redis_timeout=0.2)
+    assert (await h.call("edge", descriptor(("remote_address", "q")))).overall_code == Code.OK
+    proc.stop()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await h.call("edge", descriptor(("remote_address", "q")))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert loop.time() - started < 0.6
+    async with aiohttp.ClientSession() as session, session.get(h.admin + "/healthz") as resp:
+        assert resp.status == 503
+    own_redis()  # same port, empty data
+    resp = await h.call("edge", descriptor(("remote_address", "q")))
+    assert resp.overall_code == Code.OK and resp.statuses[0].limit_remaining == 2
+    async with aiohttp.ClientSession() as session, session.get(h.admin + "/healthz") as resp:
+        assert resp.status == 200

@@ -336,6 +336,10 @@ class Limiter:
     def _sweep_cache(self, now: float) -> None:
         for key in [k for k, until in self._over_cache.items() if until <= now]:
             del self._over_cache[key]
+        if len(self._over_cache) > _CACHE_SWEEP // 2:
+            # Mostly live keys: start over rather than sweep again on every insert (the cache
+            # only saves backend calls; an evicted key is simply asked again).
+            self._over_cache.clear()
 
     def _headers(self, statuses: Sequence[Status]) -> tuple[tuple[str, str], ...]:
         """RateLimit-* headers from the most constrained status (an OVER_LIMIT one wins)."""

@@ -68,9 +68,14 @@ def _skip(buf: bytes, pos: int, wire_type: int) -> int:
 def _entry(buf: bytes, pos: int, end: int) -> tuple[str, str]:
     key = value = ""
     while pos < end:
-        tag, pos = _varint(buf, pos)
+        tag = buf[pos]
         if tag == 0x0A or tag == 0x12:
-            length, pos = _varint(buf, pos)
+            # Single-byte lengths (< 128) are the norm; longer ones take the general path.
+            length = buf[pos + 1]
+            if length < 0x80:
+                pos += 2
+            else:
+                length, pos = _varint(buf, pos + 1)
             text = buf[pos:pos + length].decode()
             pos += length
             if tag == 0x0A:
@@ -78,6 +83,7 @@ def _entry(buf: bytes, pos: int, end: int) -> tuple[str, str]:
             else:
                 value = text
         else:
+            tag, pos = _varint(buf, pos)
             pos = _skip(buf, pos, tag & 7)
     if pos != end:
         raise WireError("truncated entry")
@@ -103,11 +109,16 @@ def _descriptor(buf: bytes, pos: int, end: int) -> Descriptor:
     hits: int | None = None
     override: Limit | None = None
     while pos < end:
-        tag, pos = _varint(buf, pos)
-        if tag & 7 != 2:
+        tag = buf[pos]
+        if tag >= 0x80 or tag & 7 != 2:
+            tag, pos = _varint(buf, pos)
             pos = _skip(buf, pos, tag & 7)
             continue
-        length, pos = _varint(buf, pos)
+        length = buf[pos + 1]
+        if length < 0x80:
+            pos += 2
+        else:
+            length, pos = _varint(buf, pos + 1)
         stop = pos + length
         if stop > end:
             raise WireError("truncated descriptor")
@@ -121,6 +132,8 @@ def _descriptor(buf: bytes, pos: int, end: int) -> Descriptor:
             if unit is not None:
                 override = Limit(unit=unit, requests_per_unit=fields.get(1, 0))
         pos = stop
+    if pos != end:
+        raise WireError("truncated descriptor")
     if hits is None and override is None:
         return Descriptor(tuple(entries))
     return Descriptor(tuple(entries), hits, override)
@@ -160,6 +173,8 @@ def decode_request(buf: bytes) -> Request:
 def _encode_varint(value: int) -> bytes:
     if value < 0x80:
         return _SMALL[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)

@@ -83,3 +83,19 @@ def test_encode_matches_generated_classes(decision: Decision) -> None:
     """encode_response parses back to exactly what to_response builds."""
     parsed = rls_pb2.RateLimitResponse.FromString(encode_response(decision))
     assert parsed == to_response(decision)
+
+
+def test_every_truncation_is_rejected_or_agrees() -> None:
+    """Every prefix of a valid request either decodes like protobuf does or raises WireError."""
+    from google.protobuf.message import DecodeError
+
+    full = REQUESTS[2].SerializeToString()
+    for cut in range(len(full)):
+        data = full[:cut]
+        try:
+            expected = to_request(rls_pb2.RateLimitRequest.FromString(data))
+        except DecodeError:
+            with pytest.raises(WireError):
+                decode_request(data)
+            continue
+        assert decode_request(data) == expected

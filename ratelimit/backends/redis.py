@@ -139,6 +139,10 @@ class RedisBackend:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if any(future.done() for _, future in self._pending):
+            # Callers that already gave up (timed out while queued behind a slow Redis) must
+            # not be counted after they were answered UNAVAILABLE.
+            self._pending = [w for w in self._pending if not w[1].done()]
         while self._pending and self._inflight < self._max_inflight:
             batch = self._pending[:_MAX_BATCH]
             del self._pending[:_MAX_BATCH]

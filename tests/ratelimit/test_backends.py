@@ -257,3 +257,4 @@ async def test_redis_sentinel_mode(tmp_path: Path) -> None:
     finally:
         sentinel.stop()
         master.stop()
+

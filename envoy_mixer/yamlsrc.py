@@ -31,6 +31,9 @@ class SourceDoc:
     data: Any
     lines: dict[PathKey, int] = field(default_factory=dict)
     index: int = 0
+    #: The line of each mapping key (``lines`` has the line of its value, which differs for
+    #: block values): "unknown key" errors point here.
+    key_lines: dict[PathKey, int] = field(default_factory=dict)
 
     def line_of(self, path: Sequence[str | int]) -> int | None:
         """The line of ``path``, or of its nearest ancestor that has one."""
@@ -42,11 +45,16 @@ class SourceDoc:
                 return None
             key = key[:-1]
 
-    def error(self, message: str, path: Sequence[str | int] = ()) -> ConfigError:
-        """A ConfigError for ``path`` in this document."""
-        return ConfigError(
-            message, file=self.file, line=self.line_of(path), field=field_name(path) or None
-        )
+    def key_line_of(self, path: Sequence[str | int]) -> int | None:
+        """The line of the key that ends ``path`` (falls back to ``line_of``)."""
+        return self.key_lines.get(tuple(path)) or self.line_of(path)
+
+    def error(
+        self, message: str, path: Sequence[str | int] = (), *, at_key: bool = False
+    ) -> ConfigError:
+        """A ConfigError for ``path``; ``at_key`` points at the key's line, not its value's."""
+        line = self.key_line_of(path) if at_key else self.line_of(path)
+        return ConfigError(message, file=self.file, line=line, field=field_name(path) or None)
 
 
 def field_name(path: Sequence[str | int]) -> str:
@@ -60,7 +68,10 @@ def field_name(path: Sequence[str | int]) -> str:
     return out
 
 
-def _build(node: yaml.Node, path: PathKey, lines: dict[PathKey, int], file: str) -> Any:
+def _build(
+    node: yaml.Node, path: PathKey, lines: dict[PathKey, int], file: str,
+    key_lines: dict[PathKey, int] | None = None,
+) -> Any:
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
@@ -70,7 +81,7 @@ def _build(node: yaml.Node, path: PathKey, lines: dict[PathKey, int], file: str)
                     "YAML merge keys (<<) are not supported",
                     file=file, line=key_node.start_mark.line + 1, field=field_name(path) or None,
                 )
-            key = _build(key_node, (*path, "<key>"), {}, file)
+            key = _build(key_node, (*path, "<key>"), {}, file, None)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise ConfigError(
                     "mapping keys must be scalars",
@@ -82,10 +93,14 @@ def _build(node: yaml.Node, path: PathKey, lines: dict[PathKey, int], file: str)
                     f"duplicate key '{key}'",
                     file=file, line=key_node.start_mark.line + 1, field=field_name(child),
                 )
-            result[key] = _build(value_node, child, lines, file)
+            if key_lines is not None:
+                key_lines[child] = key_node.start_mark.line + 1
+            result[key] = _build(value_node, child, lines, file, key_lines)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*path, i), lines, file) for i, item in enumerate(node.value)]
+        return [
+            _build(item, (*path, i), lines, file, key_lines) for i, item in enumerate(node.value)
+        ]
     # Scalars: let the safe constructor resolve ints, bools, nulls, floats and strings.
     constructor = yaml.SafeLoader("")
     return constructor.construct_object(node, deep=True)
@@ -106,10 +121,13 @@ def load_documents(text: str, file: str) -> list[SourceDoc]:
         if node is None:
             continue
         lines: dict[PathKey, int] = {}
-        data = _build(node, (), lines, file)
+        key_lines: dict[PathKey, int] = {}
+        data = _build(node, (), lines, file, key_lines)
         if data is None:
             continue
-        docs.append(SourceDoc(file=file, data=data, lines=lines, index=index))
+        docs.append(
+            SourceDoc(file=file, data=data, lines=lines, index=index, key_lines=key_lines)
+        )
     return docs
 
 
@@ -156,10 +174,8 @@ def pydantic_errors(doc: SourceDoc, exc: Any, base: Sequence[str | int] = ()) ->
         loc = tuple(base) + tuple(p for p in err["loc"] if isinstance(p, (str, int)))
         kind = err.get("type", "")
         if kind == "extra_forbidden":
-            message = f"unknown key '{loc[-1]}'"
-        elif kind == "missing":
-            message = f"missing required key '{loc[-1]}'"
-        else:
-            message = str(err["msg"])
+            errors.append(doc.error(f"unknown key '{loc[-1]}'", loc, at_key=True))
+            continue
+        message = f"missing required key '{loc[-1]}'" if kind == "missing" else str(err["msg"])
         errors.append(doc.error(message, loc))
     return errors[0] if len(errors) == 1 else ConfigErrors(errors)

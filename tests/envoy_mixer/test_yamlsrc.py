@@ -34,6 +34,16 @@ def test_error_text_names_file_line_and_field() -> None:
                              "message": "bad value"}
 
 
+def test_unknown_key_error_points_at_the_key_line() -> None:
+    """A key whose value is a block is reported on the key's own line."""
+    doc = load_documents("a:\n  extra:\n    - 1\n", "k.yaml")[0]
+    assert doc.line_of(("a", "extra")) == 3
+    assert doc.key_line_of(("a", "extra")) == 2
+    assert str(doc.error("unknown key 'extra'", ("a", "extra"), at_key=True)) == (
+        "k.yaml: unknown key 'extra' (line 2, field a.extra)"
+    )
+
+
 def test_field_name_renders_indexes() -> None:
     """Paths render the way users write them."""
     assert field_name(("spec", "rules", 0, "from", 1)) == "spec.rules[0].from[1]"

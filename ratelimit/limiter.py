@@ -15,7 +15,7 @@ import enum
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ratelimit.backends.base import Backend, CounterOp
 from ratelimit.config import Algorithm, DescriptorNode, Domain, Limit, RateLimitConfig
@@ -40,6 +40,8 @@ MAX_REMAINING = 0xFFFFFFFF
 _CACHE_SWEEP = 50_000
 # Bound of the per-descriptor plan cache (cleared whole when full).
 _PLAN_CACHE = 20_000
+# Bound of the compiled-request cache (cleared whole when full).
+_REQUEST_CACHE = 10_000
 
 
 class Code(enum.IntEnum):
@@ -125,9 +127,52 @@ _FIXED = Algorithm.FIXED_WINDOW
 _NO_LIMIT = Status(Code.OK)
 _UNLIMITED = Status(Code.OK, None, MAX_REMAINING)
 
-# One (descriptor, limit) pair being decided: limit, addend, counter key, window end (Unix s),
-# index of its op in the batch (-1: answered from the local over-limit cache).
-_Slot = tuple[Limit, int, str, int, int]
+# Kinds of a compiled request descriptor.
+_NO_LIMIT_KIND, _UNLIMITED_KIND, _COUNTED = 0, 1, 2
+# One window of a counter slot: (start, key, end, fixed: its CounterOp / sliding: previous key).
+_Window = tuple[int, str, int, Any]
+
+
+class _CounterSlot:
+    """One (request descriptor, limit) pair of a compiled request, with its current window.
+
+    The window's key and op are rebuilt only when the window moves (string formatting and op
+    construction were a third of the limiter's time); ``window`` is replaced whole, never
+    mutated, so a call holding the previous one across an await still sees consistent values.
+    """
+
+    __slots__ = ("addend", "lim", "limit", "near_threshold", "prefix", "seconds", "sliding",
+                 "window")
+
+    def __init__(self, lim: Limit, addend: int, prefix: str, ratio: float) -> None:
+        self.lim = lim
+        self.addend = addend
+        self.prefix = prefix
+        self.seconds = lim.seconds
+        self.limit = lim.requests_per_unit
+        self.near_threshold = int(lim.requests_per_unit * ratio)  # floor: both are >= 0
+        self.sliding = lim.algorithm is _SLIDING
+        self.window: _Window = (-1, "", 0, None)
+
+    def rewindow(self, start: int) -> _Window:
+        """Set and return the window starting at ``start``."""
+        end = start + self.seconds
+        if self.sliding:
+            # The braces are a Redis Cluster hash tag: both windows share one slot.
+            key = f"{{{self.prefix}}}sw_{start}"
+            window: _Window = (start, key, end, f"{{{self.prefix}}}sw_{start - self.seconds}")
+        else:
+            key = f"{self.prefix}{start}"
+            window = (start, key, end, CounterOp(key, self.addend, self.seconds))
+        self.window = window
+        return window
+
+
+# A compiled request descriptor: node (None for an override or no match), stats key, addend,
+# counter slots of its limits not replaced, kind.
+_Item = tuple["DescriptorNode | None", str, int, tuple[_CounterSlot, ...], int]
+# A compiled request: domain, descriptors (None: unknown domain), every counter slot in order.
+_Compiled = tuple[str, "tuple[_Item, ...] | None", tuple[_CounterSlot, ...]]
 # A matched request descriptor: node (None for an override or no match), limits to apply,
 # counter-key base ``<domain>_<k>_<v>_...`` and metric key path.
 _Plan = tuple["DescriptorNode | None", tuple[Limit, ...], str, str]
@@ -152,77 +197,51 @@ class Limiter:
         # base and stats key are kept per (domain, entries) for the current config only.
         self._plans: dict[tuple[str, tuple[tuple[str, str], ...]], _Plan] = {}
         self._plans_for: RateLimitConfig | None = None
+        # Whole requests repeat too: their matched descriptors and counter slots (window keys
+        # and ops reused while a window lasts) are kept per Request, for the current config.
+        self._compiled: dict[Request, _Compiled] = {}
 
     async def decide(self, config: RateLimitConfig, request: Request) -> Decision:
         """Evaluate ``request``; raises InvalidRequestError or BackendError."""
-        domain_name, descriptors, request_addend = request
-        if not domain_name:
-            raise InvalidRequestError("rate limit domain must not be empty")
-        if not descriptors:
-            raise InvalidRequestError("rate limit descriptor list must not be empty")
-        domain = config.by_domain.get(domain_name)
-        if domain is None:
-            return Decision(_OK, (_NO_LIMIT,) * len(descriptors), (), (), False)
+        if config is not self._plans_for:
+            self._plans.clear()
+            self._compiled.clear()
+            self._plans_for = config
+        compiled = self._compiled.get(request)
+        if compiled is None:
+            compiled = self._compile(config, request)
+        domain_name, items, slots = compiled
+        if items is None:
+            return Decision(_OK, (_NO_LIMIT,) * len(request.descriptors), (), (), False)
 
         now = self._clock()
         inow = int(now)
-        default_addend = request_addend or 1
-        matched: list[_Plan] = []
-        replaced: set[str] | None = None
-        if config is not self._plans_for:
-            self._plans.clear()
-            self._plans_for = config
-        cached_plans = self._plans
-        for entries, _, override in descriptors:
-            if override is not None:
-                # Envoy's per-request override replaces whatever the config says.
-                matched.append((None, (override,), _cache_key(domain_name, entries, None),
-                                _stats_key(None, entries)))
-                continue
-            plan = cached_plans.get((domain_name, entries))
-            if plan is None:
-                plan = self._plan(domain, entries)
-            matched.append(plan)
-            node = plan[0]
-            if node is not None and node.replaces:
-                replaced = (replaced or set()) | node.replaces
-
         # Build every counter op first so the backend sees one batch (one Redis round trip).
+        # Window keys and fixed-window ops are reused while the window lasts; the per-call
+        # view (window, op index) stays local because calls interleave across the await.
         ops: list[CounterOp] = []
-        plans: list[list[_Slot]] = []
+        picked: list[tuple[_Window, int]] = []
         cache = self._over_cache if self.settings.local_cache else None
-        for desc, (_node, limits, base, _) in zip(descriptors, matched, strict=True):
-            row: list[_Slot] = []
-            plans.append(row)
-            if not limits or limits[0].unlimited:
+        for slot in slots:
+            seconds = slot.seconds
+            start = inow - inow % seconds
+            win = slot.window
+            if win[0] != start:
+                win = slot.rewindow(start)
+            if slot.sliding:
+                picked.append((win, len(ops)))
+                ops.append(CounterOp(
+                    win[1], slot.addend, 2 * seconds, win[3],
+                    max(0.0, (win[2] - now) / seconds), slot.limit,
+                ))
                 continue
-            addend = desc.hits_addend
-            if addend is None:
-                addend = default_addend
-            several = len(limits) > 1
-            for lim in limits:
-                if replaced is not None and lim.name and lim.name in replaced:
+            if cache is not None:
+                until = cache.get(win[1])
+                if until is not None and until > now:
+                    picked.append((win, -1))
                     continue
-                seconds = lim.seconds
-                start = inow - inow % seconds
-                prefix = f"{base}{lim.unit}_" if several else base
-                if lim.algorithm is _SLIDING:
-                    # The braces are a Redis Cluster hash tag: both windows share one slot.
-                    key = f"{{{prefix}}}sw_{start}"
-                    row.append((lim, addend, key, start + seconds, len(ops)))
-                    ops.append(CounterOp(
-                        key, addend, 2 * seconds, f"{{{prefix}}}sw_{start - seconds}",
-                        max(0.0, (start + seconds - now) / seconds), lim.requests_per_unit,
-                    ))
-                    continue
-                key = f"{prefix}{start}"
-                if cache is not None:
-                    until = cache.get(key)
-                    if until is not None and until > now:
-                        row.append((lim, addend, key, start + seconds, -1))
-                        continue
-                row.append((lim, addend, key, start + seconds, len(ops)))
-                ops.append(CounterOp(key, addend, seconds))
+            picked.append((win, len(ops)))
+            ops.append(win[3])
 
         results = await self.backend.apply(ops) if ops else []
 
@@ -230,34 +249,60 @@ class Limiter:
         stats: list[StatDelta] = []
         quota_total = quota_over = 0
         over_any = False
-        for desc, (node, limits, _, stats_key), row in zip(descriptors, matched, plans,
-                                                            strict=True):
-            if not row:
-                if limits and limits[0].unlimited:
+        pos = 0
+        for node, stats_key, addend, row, kind in items:
+            if kind != _COUNTED:
+                if kind == _UNLIMITED_KIND:
                     # Unlimited: OK without touching the backend, but still counted.
                     statuses.append(_UNLIMITED)
-                    addend = desc.hits_addend
-                    if addend is None:
-                        addend = default_addend
                     stats.append(StatDelta(domain_name, stats_key, addend, 0, 0, addend))
                 else:
                     # No match, a whitelist node, or every limit replaced: no limit, no stats.
                     statuses.append(_NO_LIMIT)
                 continue
-            addend = row[0][1]
-            if len(row) == 1:
-                chosen, over, near = self._evaluate(row[0], results, now, cache)
-            else:
-                chosen, over, near = self._evaluate(row[0], results, now, cache)
-                for slot in row[1:]:
-                    status, d_over, d_near = self._evaluate(slot, results, now, cache)
-                    over, near = max(over, d_over), max(near, d_near)
+            chosen = None
+            over = near = cached = 0
+            for slot in row:
+                win, index = picked[pos]
+                pos += 1
+                lim = slot.lim
+                reset = win[2] - inow  # whole seconds, as the reference: unit - now % unit
+                if index < 0:
+                    status = Status(_OVER, lim, 0, reset)
+                    d_over, d_near, cached = addend, 0, addend
+                else:
+                    after = results[index]
+                    before = after - addend
+                    limit = slot.limit
+                    threshold = slot.near_threshold
+                    if after > limit:
+                        if before >= limit:
+                            d_over, d_near = addend, 0
+                        else:
+                            # The addend straddles the limit: the part below it was near.
+                            d_over = after - limit
+                            d_near = limit - max(threshold, before)
+                        if cache is not None and not slot.sliding:
+                            cache[win[1]] = win[2]
+                            if len(cache) > _CACHE_SWEEP:
+                                self._sweep_cache(now)
+                        status = Status(_OVER, lim, 0, reset)
+                    else:
+                        d_over = 0
+                        d_near = 0
+                        if after > threshold:
+                            d_near = addend if before >= threshold else after - threshold
+                        status = Status(_OK, lim, limit - after, reset)
+                if chosen is None:
+                    chosen, over, near = status, d_over, d_near
+                else:
+                    if d_over > over:
+                        over = d_over
+                    if d_near > near:
+                        near = d_near
                     if _tighter(status, chosen):
                         chosen = status
-            cached = 0
-            for slot in row:
-                if slot[4] < 0:
-                    cached = addend
+            assert chosen is not None
             shadow = 0
             if chosen.code is _OVER:
                 if node is not None and node.shadow_mode:
@@ -290,6 +335,60 @@ class Limiter:
             global_shadow,
         )
 
+    def _compile(self, config: RateLimitConfig, request: Request) -> _Compiled:
+        """Match a request once: per descriptor its node, limits, addend and counter slots."""
+        domain_name, descriptors, request_addend = request
+        if not domain_name:
+            raise InvalidRequestError("rate limit domain must not be empty")
+        if not descriptors:
+            raise InvalidRequestError("rate limit descriptor list must not be empty")
+        domain = config.by_domain.get(domain_name)
+        if domain is None:
+            # Not cached: unknown domains are unbounded input, and the answer is cheap anyway.
+            return (domain_name, None, ())
+        default_addend = request_addend or 1
+        matched: list[_Plan] = []
+        replaced: frozenset[str] = frozenset()
+        for entries, _, override in descriptors:
+            if override is not None:
+                # Envoy's per-request override replaces whatever the config says.
+                matched.append((None, (override,), _cache_key(domain_name, entries, None),
+                                _stats_key(None, entries)))
+                continue
+            plan = self._plans.get((domain_name, entries))
+            if plan is None:
+                plan = self._plan(domain, entries)
+            matched.append(plan)
+            node = plan[0]
+            if node is not None and node.replaces:
+                replaced |= node.replaces
+        items: list[_Item] = []
+        slots: list[_CounterSlot] = []
+        ratio = self._ratio
+        for desc, (node, limits, base, stats_key) in zip(descriptors, matched, strict=True):
+            addend = desc.hits_addend
+            if addend is None:
+                addend = default_addend
+            if not limits:
+                items.append((node, stats_key, addend, (), _NO_LIMIT_KIND))
+                continue
+            if limits[0].unlimited:
+                items.append((node, stats_key, addend, (), _UNLIMITED_KIND))
+                continue
+            several = len(limits) > 1
+            row = tuple(
+                _CounterSlot(lim, addend, f"{base}{lim.unit}_" if several else base, ratio)
+                for lim in limits
+                if not (lim.name and lim.name in replaced)
+            )
+            slots.extend(row)
+            items.append((node, stats_key, addend, row, _COUNTED if row else _NO_LIMIT_KIND))
+        compiled: _Compiled = (domain_name, tuple(items), tuple(slots))
+        if len(self._compiled) >= _REQUEST_CACHE:
+            self._compiled.clear()
+        self._compiled[request] = compiled
+        return compiled
+
     def _plan(self, domain: Domain, entries: tuple[tuple[str, str], ...]) -> _Plan:
         """Match ``entries`` once and remember the node, counter-key base and stats key."""
         node = domain.find(entries)
@@ -302,36 +401,6 @@ class Limiter:
             self._plans.clear()
         self._plans[(domain.name, entries)] = plan
         return plan
-
-    def _evaluate(
-        self, slot: _Slot, results: Sequence[int], now: float, cache: dict[str, int] | None
-    ) -> tuple[Status, int, int]:
-        """Status plus (over_limit, near_limit) increments for one limit."""
-        lim, addend, key, window_end, index = slot
-        # Whole seconds, as the reference computes it: unit - now % unit (always >= 1).
-        reset = window_end - int(now)
-        if index < 0:
-            return Status(_OVER, lim, 0, reset), addend, 0
-        after = results[index]
-        before = after - addend
-        limit = lim.requests_per_unit
-        near_threshold = int(limit * self._ratio)  # floor: both operands are >= 0
-        if after > limit:
-            if before >= limit:
-                over, near = addend, 0
-            else:
-                # The addend straddles the limit: the part below it was near-limit traffic.
-                over = after - limit
-                near = limit - max(near_threshold, before)
-            if cache is not None and lim.algorithm is _FIXED:
-                cache[key] = window_end
-                if len(cache) > _CACHE_SWEEP:
-                    self._sweep_cache(now)
-            return Status(_OVER, lim, 0, reset), over, near
-        near = 0
-        if after > near_threshold:
-            near = addend if before >= near_threshold else after - near_threshold
-        return Status(_OK, lim, limit - after, reset), 0, near
 
     def _sweep_cache(self, now: float) -> None:
         for key in [k for k, until in self._over_cache.items() if until <= now]:

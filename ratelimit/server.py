@@ -28,6 +28,9 @@ SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
 
 _log = logging.getLogger("ratelimit.server")
 
+# Bound of the request-bytes -> decoded Request cache.
+_DECODED_CACHE = 10_000
+
 _Unit = rls_pb2.RateLimitResponse.RateLimit.Unit
 _UNIT_TO_PROTO = {
     "second": _Unit.SECOND, "minute": _Unit.MINUTE, "hour": _Unit.HOUR, "day": _Unit.DAY,
@@ -118,6 +121,10 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         self.limiter = limiter
         self.snapshot = snapshot
         self.metrics = metrics
+        # Request bytes repeat (the same client hitting the same route): decoded once, and the
+        # very same Request then hits the limiter's compiled-request cache. Bounded, cleared
+        # whole when full.
+        self._decoded: dict[bytes, Request] = {}
 
     async def ShouldRateLimit(
         self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext
@@ -136,12 +143,17 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         """Decide one serialized request, answer serialized bytes (the served method)."""
         started = time.perf_counter()
         try:
-            try:
-                parsed = decode_request(request)
-            except WireError as exc:
-                self.metrics.call_errors.labels("invalid_argument").inc()
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-                raise  # unreachable: abort raises
+            parsed = self._decoded.get(request)
+            if parsed is None:
+                try:
+                    parsed = decode_request(request)
+                except WireError as exc:
+                    self.metrics.call_errors.labels("invalid_argument").inc()
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                    raise  # unreachable: abort raises
+                if len(self._decoded) >= _DECODED_CACHE:
+                    self._decoded.clear()
+                self._decoded[request] = parsed
             decision = await self._decide(parsed, context)
         finally:
             self.metrics.latency.observe(time.perf_counter() - started)
@@ -175,10 +187,15 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
 
 
 def register(server: grpc.aio.Server, servicer: RateLimitServicer) -> None:
-    """Serve ShouldRateLimit on a grpc.aio server (raw bytes through ``ratelimit.wire``)."""
-    handler = grpc.method_handlers_generic_handler(SERVICE_NAME, {
+    """Serve ShouldRateLimit on a grpc.aio server (raw bytes through ``ratelimit.wire``).
+
+    Registered as well as generic, like the generated ``add_..._to_server``: a registered
+    method is matched by gRPC core instead of by a Python lookup per call.
+    """
+    handlers = {
         "ShouldRateLimit": grpc.unary_unary_rpc_method_handler(
             servicer.should_rate_limit_raw, request_deserializer=None, response_serializer=None,
         ),
-    })
-    server.add_generic_rpc_handlers((handler,))
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

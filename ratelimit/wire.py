@@ -171,10 +171,17 @@ def decode_request(buf: bytes) -> Request:
 
 
 def _encode_varint(value: int) -> bytes:
+    # Unrolled up to 4 bytes (values below 2**28): remaining counts of large limits are the
+    # common multi-byte case, and the generic loop cost more than the rest of a status.
     if value < 0x80:
         return _SMALL[value]
     if value < 0x4000:
         return bytes(((value & 0x7F) | 0x80, value >> 7))
+    if value < 0x200000:
+        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
+    if value < 0x10000000:
+        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80,
+                      ((value >> 14) & 0x7F) | 0x80, value >> 21))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
@@ -191,19 +198,22 @@ def _length_delimited(tag: bytes, body: bytes) -> bytes:
 
 
 class _LimitParts:
-    """Encoded ``current_limit`` field per Limit, built once.
+    """Encoded ``code`` + ``current_limit`` fields per (code, Limit), built once.
 
     Keyed by ``id()`` with the Limit kept alive in the value, so an id cannot be reused while
     cached; cleared past a bound (config limits are few; per-request overrides are not).
     """
 
     def __init__(self) -> None:
-        self._parts: dict[int, tuple[Limit, bytes]] = {}
+        self._parts: dict[int, tuple[Limit, bytes, bytes]] = {}
 
-    def get(self, lim: Limit) -> bytes:
+    def get(self, lim: Limit, code: int) -> bytes:
         hit = self._parts.get(id(lim))
-        if hit is not None:
-            return hit[1]
+        if hit is None:
+            hit = self._build(lim)
+        return hit[code]  # type: ignore[return-value]  # index 1 or 2: the bytes parts
+
+    def _build(self, lim: Limit) -> tuple[Limit, bytes, bytes]:
         body = b""
         if lim.requests_per_unit:
             body += b"\x08" + _encode_varint(lim.requests_per_unit)
@@ -213,35 +223,41 @@ class _LimitParts:
         part = _length_delimited(b"\x12", body)
         if len(self._parts) > 10_000:
             self._parts.clear()
-        self._parts[id(lim)] = (lim, part)
-        return part
+        hit = (lim, b"\x08\x01" + part, b"\x08\x02" + part)
+        self._parts[id(lim)] = hit
+        return hit
 
 
 _LIMITS = _LimitParts()
 # DescriptorStatus without a limit, by code (remaining 0: the common "no limit" answer).
 _NO_LIMIT_STATUS = {code: _length_delimited(b"\x12", b"\x08" + bytes((code,))) for code in (1, 2)}
+# duration_until_reset fields for resets up to an hour (longer ones are encoded per call).
+_DURATIONS = [b"\x22\x00"] + [
+    _length_delimited(b"\x22", b"\x08" + _encode_varint(s)) for s in range(1, 3601)
+]
 
 
 def encode_response(decision: Decision) -> bytes:
     """A Decision -> serialized RateLimitResponse."""
     out = [b"\x08", _SMALL[int(decision.overall)]]
     limits = _LIMITS
+    durations = _DURATIONS
     for code, lim, remaining, reset in decision.statuses:
-        if lim is None and not remaining:
-            out.append(_NO_LIMIT_STATUS[code])
-            continue
-        body = b"\x08" + _SMALL[code]
-        if lim is not None:
-            body += limits.get(lim)
-        if remaining:
-            body += b"\x18" + _encode_varint(remaining)
-        if lim is not None:
+        if lim is None:
+            if not remaining:
+                out.append(_NO_LIMIT_STATUS[code])
+                continue
+            body = b"\x08" + _SMALL[code] + b"\x18" + _encode_varint(remaining)
+        else:
             seconds = reset or 0
-            body += (b"\x22\x02\x08" + _SMALL[seconds] if 0 < seconds < 0x80
-                     else _length_delimited(b"\x22", b"\x08" + _encode_varint(seconds)
-                                            if seconds else b""))
-        out.append(b"\x12")
-        out.append(_encode_varint(len(body)))
+            duration = (durations[seconds] if seconds <= 3600
+                        else _length_delimited(b"\x22", b"\x08" + _encode_varint(seconds)))
+            if remaining:
+                body = limits.get(lim, code) + b"\x18" + _encode_varint(remaining) + duration
+            else:
+                body = limits.get(lim, code) + duration
+        size = len(body)
+        out.append(b"\x12" + (_SMALL[size] if size < 0x80 else _encode_varint(size)))
         out.append(body)
     for key, value in decision.headers:
         header = _length_delimited(b"\x0a", key.encode()) + _length_delimited(

@@ -469,6 +469,8 @@ class WorkloadView:
     has_dry_allow: bool
     has_dry_run: bool
     jwt_rules: tuple[JwtRule, ...]
+    #: Keys of the enforced ALLOW policies, named by default-deny logs (built once, not per deny).
+    allow_policy_keys: tuple[str, ...] = ()
 
 
 class PolicySet:
@@ -536,6 +538,8 @@ class PolicySet:
             has_dry_allow=any(p.action == "ALLOW" and p.dry_run for p in applicable),
             has_dry_run=any(p.dry_run for p in applicable),
             jwt_rules=jwt_rules,
+            allow_policy_keys=tuple(p.key for p in applicable
+                                    if p.action == "ALLOW" and not p.dry_run),
         )
 
     @property

@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -18,26 +19,29 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 _LABEL_PREFIX = "label."
 
 
-@dataclass(frozen=True, slots=True)
-class AuthzRequest:
+class AuthzRequest(NamedTuple):
     """One HTTP request to authorize.
 
     ``headers`` keys are lower-case (Envoy sends them so); ``path`` has no query;
     ``source_principal`` is the mTLS peer identity as Envoy reports it (``spiffe://...``);
     ``context_extensions`` carries the workload identity (``namespace``, ``label.<name>``).
+
+    A NamedTuple rather than a frozen dataclass: one is built per Check, and a tuple is built
+    in one step where a frozen dataclass pays an ``object.__setattr__`` per field. It is just
+    as immutable.
     """
 
     method: str = "GET"
     host: str = ""
     path: str = "/"
     query: str = ""
-    headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    headers: Mapping[str, str] = _EMPTY
     source_ip: str | None = None
     source_principal: str | None = None
     destination_ip: str | None = None
     destination_port: int | None = None
     sni: str | None = None
-    context_extensions: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    context_extensions: Mapping[str, str] = _EMPTY
     request_id: str = ""
 
     @classmethod

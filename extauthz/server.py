@@ -53,25 +53,31 @@ def to_domain(check: external_auth_pb2.CheckRequest) -> AuthzRequest:
             key = entry.key.lower()
             merged[key] = f"{merged[key]},{value}" if key in merged else value
         headers = merged
-    source = attrs.source.address.socket_address
+    # Every nested protobuf field read builds a wrapper object: read each message once.
+    source = attrs.source
+    source_address = source.address.socket_address.address
     destination = attrs.destination.address.socket_address
+    destination_address = destination.address
     raw_path = http.path or headers.get(":path", "/")
-    path, _, query = raw_path.partition("?")
-    if "#" in raw_path:
-        path, query = path.partition("#")[0], query.partition("#")[0]
+    if "?" in raw_path or "#" in raw_path:
+        path, _, query = raw_path.partition("?")
+        if "#" in raw_path:
+            path, query = path.partition("#")[0], query.partition("#")[0]
+    else:
+        path, query = raw_path, ""
     return AuthzRequest(
-        method=http.method or headers.get(":method", ""),
-        host=http.host or headers.get(":authority", ""),
-        path=path or "/",
-        query=query,
-        headers=headers,
-        source_ip=source.address or None,
-        source_principal=attrs.source.principal or None,
-        destination_ip=destination.address or None,
-        destination_port=destination.port_value if destination.address else None,
-        sni=attrs.tls_session.sni or None,
-        context_extensions=attrs.context_extensions,
-        request_id=http.id,
+        http.method or headers.get(":method", ""),
+        http.host or headers.get(":authority", ""),
+        path or "/",
+        query,
+        headers,
+        source_address or None,
+        source.principal or None,
+        destination_address or None,
+        destination.port_value if destination_address else None,
+        attrs.tls_session.sni or None,
+        attrs.context_extensions,
+        http.id,
     )
 
 
@@ -158,19 +164,18 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         self.authenticator = authenticator or Authenticator()
         self.trusted_proxies = trusted_proxies
         self._responses = _ResponseCache()
-        self._policy_children: dict[tuple[str, str], Any] = {}
-        self._latency = metrics.check_seconds
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: Any
     ) -> external_auth_pb2.CheckResponse:
         """Authorize one request."""
         started = time.perf_counter()
+        metrics = self.metrics
         try:
             policies = self.snapshot.get()
         except NotLoadedError:
-            self.metrics.result["error"].inc()
-            self._latency.observe(time.perf_counter() - started)
+            metrics.count("error")
+            metrics.observe(time.perf_counter() - started)
             log_event(_log, "authz_error", logging.ERROR, error="no policy loaded")
             return error_response("no policy loaded")
         try:
@@ -186,58 +191,54 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             response = self._responses.get(decision) if shared else to_response(decision)
         except Exception as exc:
             # Not silent: logged with the traceback and counted; Envoy denies (fail closed).
-            self.metrics.result["error"].inc()
+            metrics.count("error")
             _log.exception("authz_error", extra={"mixer_fields": {"error": repr(exc)}})
-            self._latency.observe(time.perf_counter() - started)
+            metrics.observe(time.perf_counter() - started)
             return error_response("internal error")
-        self._latency.observe(time.perf_counter() - started)
+        metrics.observe(time.perf_counter() - started)
         return response
-
-    def _policy_counter(self, policy: str, result: str) -> Any:
-        key = (policy, result)
-        child = self._policy_children.get(key)
-        if child is None:
-            child = self._policy_children[key] = self.metrics.policy_decisions.labels(*key)
-        return child
 
     def record(self, decision: Decision, req: AuthzRequest,
                view: WorkloadView | None = None) -> None:
         """Count and log one decision (deny, dry-run deny, audit and 401 are logged)."""
         m = self.metrics
-        m.result[decision.verdict].inc()
-        if decision.decided_by is not None:
-            self._policy_counter(decision.decided_by.policy, decision.verdict).inc()
-        elif decision.verdict == "deny":
-            self._policy_counter("-", "deny").inc()
+        verdict = decision.verdict
+        m.results[verdict] += 1
+        by = decision.decided_by
+        if by is not None:
+            m.count_policy(by.policy, verdict)
+        elif verdict == "deny":
+            m.count_policy("-", "deny")
+        if verdict == "allow" and not decision.dry_run_denied and decision.audit is None:
+            return  # the common case: nothing to log
         logging_on = _log.isEnabledFor(logging.INFO)
-        if decision.verdict != "allow" and logging_on:
+        if verdict != "allow" and logging_on:
             log_event(
-                _log, "authz_denied" if decision.verdict == "deny" else "authz_unauthenticated",
+                _log, "authz_denied" if verdict == "deny" else "authz_unauthenticated",
                 logging.INFO, status=decision.status, reason=decision.reason,
-                policy=decision.decided_by.policy if decision.decided_by else None,
-                rule=decision.decided_by.rule_id if decision.decided_by else None,
+                policy=by.policy if by else None,
+                rule=by.rule_id if by else None,
                 # A default deny names no rule: list the ALLOW policies none of which matched.
-                allow_policies=None if decision.decided_by or view is None else [
-                    p.key for p in view.policies if p.action == "ALLOW" and not p.dry_run],
+                allow_policies=None if by or view is None else list(view.allow_policy_keys),
                 **_request_fields(req, decision),
             )
         if decision.dry_run_denied:
-            m.result["dry_run_deny"].inc()
-            by = decision.dry_run_by
-            if by is not None:
-                self._policy_counter(by.policy, "dry_run_deny").inc()
+            m.count("dry_run_deny")
+            dry_by = decision.dry_run_by
+            if dry_by is not None:
+                m.count_policy(dry_by.policy, "dry_run_deny")
             if logging_on:
                 log_event(
-                    _log, "authz_dry_run_denied", logging.INFO, enforced=decision.verdict,
-                    reason=decision.dry_run_reason, policy=by.policy if by else None,
-                    rule=by.rule_id if by else None, **_request_fields(req, decision),
+                    _log, "authz_dry_run_denied", logging.INFO, enforced=verdict,
+                    reason=decision.dry_run_reason, policy=dry_by.policy if dry_by else None,
+                    rule=dry_by.rule_id if dry_by else None, **_request_fields(req, decision),
                 )
         if decision.audit is not None:
-            m.result["audit"].inc()
-            self._policy_counter(decision.audit.policy, "audit").inc()
+            m.count("audit")
+            m.count_policy(decision.audit.policy, "audit")
             if logging_on:
                 log_event(
-                    _log, "authz_audit", logging.INFO, enforced=decision.verdict,
+                    _log, "authz_audit", logging.INFO, enforced=verdict,
                     policy=decision.audit.policy, rule=decision.audit.rule_id,
                     **_request_fields(req, decision),
                 )

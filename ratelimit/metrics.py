@@ -9,10 +9,11 @@ pairs is capped: past ``max_keys`` new ones are counted under ``key="_overflow_"
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ratelimit.limiter import Decision
@@ -56,6 +57,36 @@ class _RuleCollector(Collector):
         yield from families
 
 
+class _LatencyHistogram(Collector):
+    """``ratelimit_service_response_time_seconds``: a histogram kept as plain numbers.
+
+    Same reasoning as the rule counters: one observation per call, on the event-loop thread,
+    so a bisect and two additions replace prometheus_client's locked per-bucket loop.
+    """
+
+    name = "ratelimit_service_response_time_seconds"
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Record one call's handling time."""
+        # bisect_left: a value equal to a bound belongs to that bucket (le = "<=").
+        self.counts[bisect_left(self.buckets, seconds)] += 1
+        self.total += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(self.name, "ShouldRateLimit handling time in seconds.",
+                                    buckets=buckets, sum_value=self.total)
+
+
 class RateLimitMetrics:
     """Every metric the service exports, registered on one registry."""
 
@@ -89,11 +120,8 @@ class RateLimitMetrics:
             "Counter backend failures by backend and kind (timeout, connection, response).",
             ["backend", "kind"], registry=registry,
         )
-        self.latency = Histogram(
-            "ratelimit_service_response_time_seconds",
-            "ShouldRateLimit handling time in seconds.", buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
+        self.latency = _LatencyHistogram(_LATENCY_BUCKETS)
+        registry.register(self.latency)
         self._domains: set[str] = set()
 
     def rule_values(self, domain: str, key: str) -> list[int]:

@@ -38,17 +38,18 @@ class MemoryBackend:
         now = self._clock()
         counts = self._counts
         out: list[int] = []
-        for op in ops:
-            current = self._get(op.key, now)
-            if op.prev_key is None:
-                current += op.addend
-                counts[op.key] = (current, now + op.ttl)
+        for key, addend, ttl, prev_key, prev_weight, limit in ops:
+            item = counts.get(key)
+            current = 0 if item is None or item[1] <= now else item[0]
+            if prev_key is None:
+                current += addend
+                counts[key] = (current, now + ttl)
                 out.append(current)
                 continue
-            estimate = math.floor(self._get(op.prev_key, now) * op.prev_weight) + current
-            if estimate + op.addend <= op.limit and op.addend:
-                counts[op.key] = (current + op.addend, now + op.ttl)
-            out.append(estimate + op.addend)
+            estimate = math.floor(self._get(prev_key, now) * prev_weight) + current
+            if estimate + addend <= limit and addend:
+                counts[key] = (current + addend, now + ttl)
+            out.append(estimate + addend)
         if len(counts) >= self._next_sweep:
             self._sweep(now)
         return out

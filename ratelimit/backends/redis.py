@@ -42,10 +42,11 @@ import redis.asyncio as aredis
 from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ratelimit.backends.base import CounterOp
+from ratelimit.backends.resp import ReplyError, RespClient, RespConnectionError, pack
 from ratelimit.errors import BackendError
 
 MODES = ("single", "sentinel", "cluster")
@@ -85,6 +86,7 @@ for i = 1, #ARGV, 4 do
 end
 return out
 """
+_SCRIPT_BYTES = _SCRIPT.encode()
 
 
 class RedisBackend:
@@ -112,14 +114,17 @@ class RedisBackend:
         self._inflight = 0
         self._max_inflight = max(1, pool_size)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._client: Any = _client(url, mode, timeout, pool_size)
-        self._script = self._client.register_script(_SCRIPT)
         self._sha = hashlib.sha1(_SCRIPT.encode()).hexdigest().encode()
-        # Single node: our own connections, one per in-flight script call, used directly
-        # (hand-packed EVALSHA, one reply read): redis-py's generic command path costs more
-        # CPU than the rest of a ShouldRateLimit. Cluster and Sentinel keep redis-py's client,
-        # which routes to slots and follows failovers.
-        self._free: list[Any] = []
+        # Single node: our own lean pipelined client (ratelimit/backends/resp.py): redis-py's
+        # asyncio client cost more CPU per script call than the rest of a ShouldRateLimit.
+        # Cluster and Sentinel keep redis-py, which routes to slots and follows failovers.
+        self._resp: RespClient | None = None
+        self._client: Any = None
+        if mode == "single":
+            self._resp = RespClient(url, timeout=timeout, pool_size=pool_size)
+        else:
+            self._client = _client(url, mode, timeout, pool_size)
+            self._script = self._client.register_script(_SCRIPT)
         self.url = _redact(url)
 
     async def apply(self, ops: Sequence[CounterOp]) -> list[int]:
@@ -163,11 +168,14 @@ class RedisBackend:
     async def _send(self, batch: list[_Waiter]) -> None:
         ops = [op for request_ops, _ in batch for op in request_ops]
         try:
-            async with asyncio.timeout(self.timeout):
-                if self.mode == "cluster":
-                    results = await self._apply_cluster(ops)
-                else:
-                    results = await self._run(ops)
+            if self._resp is not None:
+                results = await self._run(ops, self._resp)  # bounded by the client itself
+            else:
+                async with asyncio.timeout(self.timeout):
+                    if self.mode == "cluster":
+                        results = await self._apply_cluster(ops)
+                    else:
+                        results = await self._run_client(ops)
         except BaseException as exc:  # every waiter must hear about the failure
             if _backend_error(exc, self.timeout).kind in ("timeout", "connection"):
                 self._healthy = False
@@ -185,9 +193,7 @@ class RedisBackend:
                 future.set_result(results[pos:end])
             pos = end
 
-    async def _run(self, ops: Sequence[CounterOp]) -> list[int]:
-        if self.mode != "single":
-            return await self._run_client(ops)
+    async def _run(self, ops: Sequence[CounterOp], client: RespClient) -> list[int]:
         prefix = self.prefix
         keys: list[bytes] = []
         args: list[bytes] = []
@@ -204,27 +210,14 @@ class RedisBackend:
                 args.append(b"%d" % op.ttl)
                 args.append(repr(op.prev_weight).encode())
                 args.append(b"%d" % op.limit)
-        head = [b"EVALSHA", self._sha, b"%d" % len(keys)]
-        packed = _pack_command([*head, *keys, *args])
-        conn = self._free.pop() if self._free else self._client.connection_pool.make_connection()
-        try:
-            try:
-                await conn.send_packed_command(packed, check_health=False)
-                values = await conn.read_response()
-            except NoScriptError:
-                # First use on this server (or after SCRIPT FLUSH / a restart): load, retry.
-                await conn.send_packed_command(
-                    _pack_command([b"SCRIPT", b"LOAD", _SCRIPT.encode()]), check_health=False
-                )
-                await conn.read_response()
-                await conn.send_packed_command(packed, check_health=False)
-                values = await conn.read_response()
-        except BaseException:
-            # The connection's state is unknown (a reply may be pending): drop it.
-            await conn.disconnect()
-            raise
-        finally:
-            self._free.append(conn)
+        numkeys = b"%d" % len(keys)
+        values = await client.call(pack([b"EVALSHA", self._sha, numkeys, *keys, *args]))
+        if isinstance(values, ReplyError) and str(values).startswith("NOSCRIPT"):
+            # First use on this server (or after SCRIPT FLUSH / a restart): EVAL runs the
+            # script and caches it, so the next calls' EVALSHA finds it.
+            values = await client.call(pack([b"EVAL", _SCRIPT_BYTES, numkeys, *keys, *args]))
+        if isinstance(values, ReplyError):
+            raise values
         return [int(v) for v in values]
 
     async def _run_client(self, ops: Sequence[CounterOp]) -> list[int]:
@@ -260,6 +253,9 @@ class RedisBackend:
         The first PING also sets the client up (Cluster: reads the slot map; Sentinel: finds
         the master), so the service sends one at startup with a longer budget.
         """
+        if self._resp is not None:
+            self._healthy = await self._resp.ping(budget)
+            return self._healthy
         try:
             async with asyncio.timeout(budget or self.timeout):
                 await self._client.ping()
@@ -277,25 +273,17 @@ class RedisBackend:
         """Close the client and its connection pool."""
         for task in list(self._tasks):
             task.cancel()
-        for conn in self._free:
-            await conn.disconnect()
-        self._free.clear()
-        await self._client.aclose()
-
-
-def _pack_command(args: Sequence[bytes]) -> bytes:
-    """RESP encoding of one command (an array of bulk strings)."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(out)
+        if self._resp is not None:
+            await self._resp.close()
+        else:
+            await self._client.aclose()
 
 
 def _backend_error(exc: BaseException, timeout: float) -> BackendError:
     """The BackendError (with a stable ``kind``) for a failure of one script call."""
     if isinstance(exc, (TimeoutError, RedisTimeoutError)):
         return BackendError(f"redis did not answer within {timeout}s", "timeout")
-    if isinstance(exc, RedisConnectionError):
+    if isinstance(exc, (RedisConnectionError, RespConnectionError)):
         return BackendError(f"redis connection failed: {exc}", "connection")
     if isinstance(exc, asyncio.CancelledError):
         return BackendError("redis call cancelled (shutting down)", "connection")

@@ -6,7 +6,7 @@ Three stages, each with errors that name file, line and field:
    (``security.istio.io/v1`` and ``v1beta1``; unknown keys rejected, Kubernetes metadata noise
    such as ``uid`` or ``managedFields`` tolerated, ``kind: List`` unwrapped).
 2. Models -> ``Policy`` / ``CompiledRule`` trees of precompiled matchers (sets, prefix/suffix
-   tuples, CIDR networks, RE2 path templates).
+   tuples, CIDR networks, compiled path templates).
 3. Policies -> ``PolicySet``, which hands out a ``WorkloadView`` per workload identity (memoized):
    only the policies whose namespace/selector apply, with their rules indexed by exact path,
    path prefix, host or method so the per-request cost does not grow with the rule count.
@@ -22,6 +22,7 @@ annotations, so the files stay valid Istio):
 
 from __future__ import annotations
 
+import bisect
 import logging
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -243,11 +244,17 @@ DEFAULT_DENY = DenyResponse()
 
 @dataclass(frozen=True, slots=True)
 class IndexKey:
-    """How a rule is indexed: by exact/prefix paths, by exact hosts, or by exact methods."""
+    """How a rule is indexed: a value it requires of one request attribute.
 
-    dimension: Literal["path", "path_ci", "host", "method"]
+    ``path``/``path_ci``: exact paths, prefixes and suffixes (one of which the path must hit);
+    ``host``/``method``: exact values; ``header``: the names in ``exact`` of headers the rule
+    requires to be present (a positive ``request.headers[...]`` condition fails without one).
+    """
+
+    dimension: Literal["path", "path_ci", "host", "method", "header"]
     exact: frozenset[str]
     prefixes: tuple[str, ...] = ()
+    suffixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,41 +376,101 @@ class Authentication:
         return all(workload.labels.get(k) == v for k, v in self.selector)
 
 
+class _PathIndex:
+    """Rule positions by exact path, path prefix and path suffix.
+
+    Prefixes are found without probing every prefix length (which grows with the number of
+    distinct prefixes): they are kept sorted, and for each one the chain of other indexed
+    prefixes it starts with. Every indexed prefix of a path is a prefix of the greatest indexed
+    prefix that sorts at or before the path, so one bisection and a walk along that short chain
+    find them all.
+    """
+
+    __slots__ = ("chains", "exact", "prefix", "sorted_prefixes", "suffix", "suffix_lengths",
+                 "used")
+
+    def __init__(self) -> None:
+        self.exact: dict[str, list[int]] = {}
+        self.prefix: dict[str, list[int]] = {}
+        self.suffix: dict[str, list[int]] = {}
+        self.sorted_prefixes: list[str] = []
+        self.chains: list[tuple[tuple[str, tuple[int, ...]], ...]] = []
+        self.suffix_lengths: tuple[int, ...] = ()
+        self.used = False
+
+    def add(self, key: IndexKey, position: int) -> None:
+        for value in key.exact:
+            self.exact.setdefault(value, []).append(position)
+        for value in key.prefixes:
+            self.prefix.setdefault(value, []).append(position)
+        for value in key.suffixes:
+            self.suffix.setdefault(value, []).append(position)
+
+    def freeze(self) -> None:
+        self.sorted_prefixes = sorted(self.prefix)
+        # In sorted order a prefix's own indexed prefixes come before it and stay on the stack
+        # (anything sorting between q and a string starting with q starts with q too).
+        stack: list[str] = []
+        for value in self.sorted_prefixes:
+            while stack and not value.startswith(stack[-1]):
+                stack.pop()
+            self.chains.append(tuple((p, tuple(self.prefix[p]))
+                                     for p in (value, *reversed(stack))))
+            stack.append(value)
+        # Suffixes are few in practice (file extensions): one dict probe per distinct length.
+        self.suffix_lengths = tuple(sorted({len(p) for p in self.suffix}))
+        self.used = bool(self.exact or self.prefix or self.suffix)
+
+    def collect(self, path: str, found: list[int]) -> None:
+        hit = self.exact.get(path)
+        if hit:
+            found.extend(hit)
+        if self.sorted_prefixes:
+            at = bisect.bisect_right(self.sorted_prefixes, path)
+            if at:
+                for prefix, positions in self.chains[at - 1]:
+                    if path.startswith(prefix):
+                        found.extend(positions)
+        if self.suffix_lengths:
+            size = len(path)
+            suffix = self.suffix
+            for n in self.suffix_lengths:
+                if n > size:
+                    break
+                hit = suffix.get(path[-n:])
+                if hit:
+                    found.extend(hit)
+
+
 class RuleIndex:
     """Rules of one action, indexed so a request only evaluates rules that could match."""
 
-    __slots__ = (
-        "always", "ci_exact", "ci_lengths", "ci_prefix", "host", "method", "path_exact",
-        "path_lengths", "path_prefix", "rules",
-    )
+    __slots__ = ("always", "header", "host", "method", "path", "path_ci", "rules")
 
     def __init__(self, rules: Sequence[CompiledRule]) -> None:
         self.rules = tuple(sorted(rules, key=lambda r: r.order))
         self.always: list[int] = []
-        self.path_exact: dict[str, list[int]] = {}
-        self.path_prefix: dict[str, list[int]] = {}
-        self.ci_exact: dict[str, list[int]] = {}
-        self.ci_prefix: dict[str, list[int]] = {}
+        self.path = _PathIndex()
+        self.path_ci = _PathIndex()
         self.host: dict[str, list[int]] = {}
         self.method: dict[str, list[int]] = {}
+        self.header: dict[str, list[int]] = {}
         for i, rule in enumerate(self.rules):
             key = rule.index_key
             if key is None:
                 self.always.append(i)
-                continue
-            # Host and method keys never carry prefixes (see _index_key).
-            exact, prefix = {
-                "path": (self.path_exact, self.path_prefix),
-                "path_ci": (self.ci_exact, self.ci_prefix),
-                "host": (self.host, {}),
-                "method": (self.method, {}),
-            }[key.dimension]
-            for value in key.exact:
-                exact.setdefault(value, []).append(i)
-            for value in key.prefixes:
-                prefix.setdefault(value, []).append(i)
-        self.path_lengths = tuple(sorted({len(p) for p in self.path_prefix}))
-        self.ci_lengths = tuple(sorted({len(p) for p in self.ci_prefix}))
+            elif key.dimension == "path":
+                self.path.add(key, i)
+            elif key.dimension == "path_ci":
+                self.path_ci.add(key, i)
+            else:
+                # Host, method and header keys are exact values only (see _index_key).
+                table = {"host": self.host, "method": self.method,
+                         "header": self.header}[key.dimension]
+                for value in key.exact:
+                    table.setdefault(value, []).append(i)
+        self.path.freeze()
+        self.path_ci.freeze()
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -411,27 +478,10 @@ class RuleIndex:
     def candidates(self, attrs: Attributes) -> list[int]:
         """Positions of rules that may match (a superset of the matching ones), in order."""
         found: list[int] = list(self.always)
-        path = attrs.path
-        hit = self.path_exact.get(path)
-        if hit:
-            found.extend(hit)
-        for n in self.path_lengths:
-            if n > len(path):
-                break
-            hit = self.path_prefix.get(path[:n])
-            if hit:
-                found.extend(hit)
-        if self.ci_exact or self.ci_prefix:
-            lower = attrs.path_lower
-            hit = self.ci_exact.get(lower)
-            if hit:
-                found.extend(hit)
-            for n in self.ci_lengths:
-                if n > len(lower):
-                    break
-                hit = self.ci_prefix.get(lower[:n])
-                if hit:
-                    found.extend(hit)
+        if self.path.used:
+            self.path.collect(attrs.path, found)
+        if self.path_ci.used:
+            self.path_ci.collect(attrs.path_lower, found)
         if self.host:
             hit = self.host.get(attrs.host)
             if hit:
@@ -440,6 +490,11 @@ class RuleIndex:
             hit = self.method.get(attrs.method)
             if hit:
                 found.extend(hit)
+        if self.header:
+            headers = attrs.headers
+            for name, hit in self.header.items():
+                if name in headers:
+                    found.extend(hit)
         if len(found) > 1:
             found = sorted(set(found))
         return found
@@ -786,9 +841,10 @@ class _Compiler:
         conditions: list[FieldCheck] = []
         for i, cond in enumerate(model.when):
             conditions.extend(self.condition(cond, (*where, "when", i)))
+        when = Clause(tuple(conditions))
         return CompiledRule(
             policy_index=policy_index, index=index, sources=sources, operations=operations,
-            conditions=Clause(tuple(conditions)), index_key=_index_key(operations),
+            conditions=when, index_key=_index_key(operations, when),
         )
 
 
@@ -816,33 +872,54 @@ def _claim_getter(path: tuple[str, ...]) -> _Getter:
     return get
 
 
-def _index_key(operations: Sequence[Clause]) -> IndexKey | None:
-    """Pick an index dimension every operation constrains positively (else: always evaluate)."""
-    if not operations:
-        return None
+HEADER_KEY_PREFIX = "request.headers["
+
+
+def _index_key(operations: Sequence[Clause], conditions: Clause) -> IndexKey | None:
+    """Pick a value the rule requires of one attribute (else: always evaluate the rule).
+
+    First a dimension every ``to`` operation constrains positively (path, host, method), else a
+    header a positive ``when`` condition needs present.
+    """
+    key = _operation_key(operations) if operations else None
+    if key is not None:
+        return key
+    for check in conditions.checks:
+        # A missing header fails a positive header condition (values never match "absent").
+        if not check.negate and check.attribute.startswith(HEADER_KEY_PREFIX):
+            name = check.attribute[len(HEADER_KEY_PREFIX):-1].strip().lower()
+            return IndexKey(dimension="header", exact=frozenset([name]))
+    return None
+
+
+def _operation_key(operations: Sequence[Clause]) -> IndexKey | None:
     for dimension, field_suffix in (("path", ".paths"), ("host", ".hosts"),
                                     ("method", ".methods")):
         exact: set[str] = set()
         prefixes: list[str] = []
+        suffixes: list[str] = []
         ok = True
         ci = False
         for clause in operations:
             check = next((c for c in clause.checks
                           if c.field.endswith(field_suffix) and not c.negate), None)
             if check is None or not isinstance(check.matcher, StringMatch) \
-                    or not check.matcher.indexable:
+                    or check.matcher.presence:
                 ok = False
                 break
-            if dimension != "path" and check.matcher.index_prefixes:
+            matcher = check.matcher
+            if dimension != "path" and (matcher.index_prefixes or matcher.suffixes):
                 ok = False
                 break
-            ci = ci or check.matcher.ignore_case
-            exact.update(check.matcher.exact)
-            prefixes.extend(check.matcher.index_prefixes)
+            ci = ci or matcher.ignore_case
+            exact.update(matcher.exact)
+            prefixes.extend(matcher.index_prefixes)
+            suffixes.extend(matcher.suffixes)
         if ok:
             dim: Literal["path", "path_ci", "host", "method"]
             dim = "path_ci" if dimension == "path" and ci else dimension  # type: ignore[assignment]
-            return IndexKey(dimension=dim, exact=frozenset(exact), prefixes=tuple(prefixes))
+            return IndexKey(dimension=dim, exact=frozenset(exact), prefixes=tuple(prefixes),
+                            suffixes=tuple(suffixes))
     return None
 
 

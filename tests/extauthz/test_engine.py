@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import pytest
@@ -433,3 +434,51 @@ def test_index_agrees_with_brute_force(h: Any) -> None:
         for index in (view.allow, view.deny):
             brute = next((r for r in index.rules if r.matches(attrs)), None)
             assert index.first_match(attrs) is brute
+
+
+def test_index_agrees_with_brute_force_nested_prefixes_suffixes_headers(h: Any) -> None:
+    """Nested/overlapping prefixes, templates, suffixes, header and case-insensitive keys."""
+    rng = random.Random(11)
+    ops = [
+        'paths: ["/a/*"]', 'paths: ["/a/b/*"]', 'paths: ["/a/b/c*"]', 'paths: ["/ab*"]',
+        'paths: ["/a*"]', 'paths: ["/a/b/{*}/d"]', 'paths: ["/a/{**}"]', 'paths: ["/b/*"]',
+        'paths: ["*.png", "/x/*"]', 'paths: ["*.js"]', 'paths: ["*/c"]', 'paths: ["/a/b"]',
+        'hosts: ["h.com"], paths: ["*.png"]', 'notPaths: ["/a/*"]', 'paths: ["*"]',
+    ]
+    docs = []
+    for i, op in enumerate(ops):
+        rule = f"{{to: [{{operation: {{{op}}}}}]}}"
+        if i % 4 == 3:
+            rule = rule[:-1] + ', when: [{key: "request.headers[x-a]", values: ["1"]}]}'
+        docs.append(allow_policy(rule, f"p{i}", action=rng.choice(["ALLOW", "DENY"])))
+    for i, header in enumerate(["x-a", "X-B", "x-c"]):
+        docs.append(allow_policy(f'{{when: [{{key: "request.headers[{header}]", '
+                                 f'values: ["*"]}}]}}', f"hdr{i}", action="DENY"))
+    # A header that must NOT carry a value matches when it is absent: never header-indexed.
+    docs.append(allow_policy('{when: [{key: "request.headers[x-d]", notValues: ["1"]}]}',
+                             "not-hdr", action="ALLOW"))
+    docs.append(allow_policy('{to: [{operation: {paths: ["/ADMIN/*", "*.PHP"]}}]}', "ci",
+                             action="DENY", extra_meta=", annotations: "
+                             '{authz.envoy-mixer.io/case-insensitive-paths: "true"}'))
+    ps = h.policies("---".join(docs))
+    view = ps.view(NS)
+    paths = ["/", "/a", "/a/", "/a/b", "/a/b/", "/a/b/c", "/a/b/cd/d", "/a/b/x/d", "/ab",
+             "/abc", "/b", "/b/1", "/x/y.png", "/y.js", "/q/c", "/Admin/x", "/i.PhP", "/a.png",
+             "/aa", "/0", "/~"]
+    for _ in range(600):
+        headers = {name: "1" for name in ("x-a", "x-b", "x-c", "x-d") if rng.random() < 0.3}
+        req = h.request(rng.choice(paths), host=rng.choice(["h.com", "x"]), headers=headers,
+                        context_extensions=NS)
+        attrs = Attributes(req)
+        for index in (view.allow, view.deny):
+            brute = next((r for r in index.rules if r.matches(attrs)), None)
+            assert index.first_match(attrs) is brute
+
+
+def test_template_match_is_linear_on_hostile_paths(h: Any) -> None:
+    """A {**} template against a long path that nearly matches answers quickly."""
+    ps = h.policies(allow_policy('{to: [{operation: {paths: ["/a/{*}/{**}/x/y/z"]}}]}'))
+    req = h.request("/a/b/" + "x/y/" * 20000 + "q", context_extensions=NS)
+    started = time.perf_counter()
+    assert h.evaluate(ps, req).verdict == "deny"
+    assert time.perf_counter() - started < 1.0

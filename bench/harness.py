@@ -74,6 +74,18 @@ def trivial_target(api: str) -> GrpcTarget:
     )
 
 
+def runtime_trivial_target(api: str) -> GrpcTarget:
+    """The always-OK servicer for ``api`` hosted on our shared runtime (see bench.trivial)."""
+    port, admin = procs.free_port(), procs.free_port()
+    return GrpcTarget(
+        name=f"trivial {api} on mixer runtime",
+        argv=[sys.executable, "-m", "bench.trivial", "--api", api,
+              "--listen", f"127.0.0.1:{port}", "--runtime-admin", f"127.0.0.1:{admin}"],
+        port=port,
+        ready=lambda: procs.http_ok(f"http://127.0.0.1:{admin}/healthz"),
+    )
+
+
 def mixer_target(name: str, args: Sequence[str], env: dict[str, str] | None = None) -> GrpcTarget:
     """One of our services (``mixer ARGS``) on free gRPC and admin ports."""
     port, admin = procs.free_port(), procs.free_port()

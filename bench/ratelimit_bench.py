@@ -25,6 +25,7 @@ from bench.harness import (
     comparison_rows,
     mixer_target,
     print_table,
+    runtime_trivial_target,
     trivial_target,
 )
 from envoy_mixer import procs
@@ -121,6 +122,9 @@ def main() -> None:
         trivial = trivial_target("ratelimit")
         targets = [
             trivial,
+            # The same trivial servicer on our shared runtime: what health, reflection, the
+            # admin listener and the reload task cost per call, apart from rate limiting.
+            runtime_trivial_target("ratelimit"),
             mixer_target("mixer ratelimit (memory)", config),
             mixer_target("mixer ratelimit (redis)", [
                 *config, "--backend", "redis", "--redis-url", f"redis://127.0.0.1:{redis_port}/0",

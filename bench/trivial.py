@@ -51,15 +51,36 @@ class TrivialAccessLog(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
 async def serve(api: str, listen: str) -> None:
     """Serve one trivial servicer until killed."""
     server = grpc.aio.server()
+    _register(api, server)
+    server.add_insecure_port(listen)
+    await server.start()
+    await server.wait_for_termination()
+
+
+def _register(api: str, server: grpc.aio.Server) -> None:
     if api == "ratelimit":
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(TrivialRateLimit(), server)
     elif api == "authz":
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(TrivialAuthz(), server)
     else:
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(TrivialAccessLog(), server)
-    server.add_insecure_port(listen)
-    await server.start()
-    await server.wait_for_termination()
+
+
+def serve_on_runtime(api: str, listen: str, admin: str) -> int:
+    """The same trivial servicer on our shared runtime (health, reflection, admin, reload).
+
+    Comparing this with the bare trivial server isolates what the runtime itself costs.
+    """
+    from prometheus_client import CollectorRegistry
+
+    from envoy_mixer.service import Service, run
+    from envoy_mixer.settings import ServerSettings
+
+    def build() -> Service:
+        return Service(name=f"trivial-{api}", grpc_services=[], registry=CollectorRegistry(),
+                       register=lambda server: _register(api, server))
+
+    return run(build, ServerSettings(service=f"trivial-{api}", listen=listen, admin=admin))
 
 
 def main() -> None:
@@ -67,7 +88,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--api", choices=["ratelimit", "authz", "accesslog"], required=True)
     parser.add_argument("--listen", required=True)
+    parser.add_argument("--runtime-admin", metavar="HOST:PORT",
+                        help="serve on envoy-mixer's shared runtime with this admin address")
     args = parser.parse_args()
+    if args.runtime_admin:
+        raise SystemExit(serve_on_runtime(args.api, args.listen, args.runtime_admin))
     uvloop.run(serve(args.api, args.listen))
 
 

@@ -19,7 +19,7 @@ from ratelimit.backends import Backend, create_backend
 from ratelimit.config import DescriptorNode, RateLimitConfig, load_config
 from ratelimit.limiter import Limiter, LimiterSettings
 from ratelimit.metrics import RateLimitMetrics
-from ratelimit.server import SERVICE_NAME, RateLimitServicer, register
+from ratelimit.server import SERVICE_NAME, RateLimitServicer, decide_json, register
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +110,10 @@ def build(settings: RateLimitSettings, registry: CollectorRegistry | None = None
                 walk(dom.name, dom.ordered)
         return web.Response(text="\n".join(lines) + "\n")
 
+    async def json_endpoint(request: web.Request) -> web.Response:
+        status, text = await decide_json(servicer, await request.read())
+        return web.Response(status=status, text=text, content_type="application/json")
+
     async def watch_backend() -> None:
         # Readiness follows the backend; while it is down, probe so health recovers on its own.
         ping = getattr(backend, "ping", None)
@@ -130,7 +134,7 @@ def build(settings: RateLimitSettings, registry: CollectorRegistry | None = None
         registry=registry,
         reloader=reloader,
         describe=describe,
-        routes=[web.get("/rlconfig", rlconfig)],
+        routes=[web.get("/rlconfig", rlconfig), web.post("/json", json_endpoint)],
         tasks=[watch_backend],
         cleanup=[backend.close],
         ready=backend.healthy,

@@ -7,6 +7,7 @@ INVALID_ARGUMENT; no config loaded yet or the counter backend down/slow -> UNAVA
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
-from google.protobuf import duration_pb2  # type: ignore[import-untyped,unused-ignore]
+from google.protobuf import duration_pb2, json_format
 
 from envoy_mixer.logs import log_event
 from envoy_mixer.snapshot import NotLoadedError, Snapshot
@@ -184,6 +185,44 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         if decision.overall is Code.OVER_LIMIT and _log.isEnabledFor(logging.DEBUG):
             log_event(_log, "over_limit", logging.DEBUG, domain=request.domain)
         return decision
+
+
+class _HttpAbort(Exception):
+    """Carries the gRPC status ``_decide`` would have aborted with, for the JSON endpoint."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _HttpContext:
+    """Stands in for the gRPC context: ``abort`` raises instead of ending an RPC."""
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _HttpAbort(code, details)
+
+
+_HTTP_STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.UNAVAILABLE: 503}
+
+
+async def decide_json(servicer: RateLimitServicer, body: bytes) -> tuple[int, str]:
+    """envoyproxy/ratelimit's ``POST /json``: a proto3-JSON RateLimitRequest in, the response out.
+
+    Answers 200 (OK), 429 (OVER_LIMIT), 400 (bad JSON or invalid request) or 503 (no config
+    loaded, backend down). Same decision and metrics as the gRPC method, so operators can probe
+    a limit with curl.
+    """
+    try:
+        message = json_format.Parse(body, rls_pb2.RateLimitRequest())
+    except (json_format.ParseError, UnicodeDecodeError) as exc:
+        return 400, json.dumps({"error": f"invalid RateLimitRequest JSON: {exc}"})
+    try:
+        decision = await servicer._decide(to_request(message), _HttpContext())
+    except _HttpAbort as exc:
+        return _HTTP_STATUS.get(exc.code, 500), json.dumps({"error": exc.details})
+    status = 429 if decision.overall is Code.OVER_LIMIT else 200
+    return status, json_format.MessageToJson(to_response(decision))
 
 
 def register(server: grpc.aio.Server, servicer: RateLimitServicer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,28 @@ async def test_rlconfig(serve: StartFn) -> None:
     text = await h.get("/rlconfig")
     assert "edge.remote_address: unit=MINUTE requests_per_unit=3" in text
     assert "edge.user_bob: unit=HOUR requests_per_unit=1" in text
+
+
+async def test_json_endpoint(serve: StartFn) -> None:
+    """POST /json answers like envoyproxy/ratelimit's: 200, then 429 over the limit, 400 on junk."""
+    h = await serve()
+    body = json.dumps({"domain": "edge", "descriptors": [
+        {"entries": [{"key": "remote_address", "value": "10.0.0.1"}]}]})
+    async with aiohttp.ClientSession() as session:
+        codes = []
+        for _ in range(4):
+            async with session.post(h.admin + "/json", data=body) as resp:
+                codes.append(resp.status)
+                answer = await resp.json()
+        assert codes == [200, 200, 200, 429]
+        assert answer["overallCode"] == "OVER_LIMIT"
+        assert answer["statuses"][0]["currentLimit"] == {"requestsPerUnit": 3, "unit": "MINUTE"}
+        async with session.post(h.admin + "/json", data="{not json") as resp:
+            assert resp.status == 400
+            assert "invalid RateLimitRequest JSON" in (await resp.json())["error"]
+        async with session.post(h.admin + "/json", data=json.dumps({"domain": ""})) as resp:
+            assert resp.status == 400
+            assert "domain" in (await resp.json())["error"]
 
 
 async def _until(cond: Callable[[], bool]) -> None:

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bench.client import read_payloads, write_payloads
@@ -148,7 +149,7 @@ async def _stream(target: str, payloads: list[bytes], seconds: float, streams: i
         async def one() -> None:
             nonlocal sent
 
-            async def gen():  # type: ignore[no-untyped-def]
+            async def gen() -> AsyncIterator[bytes]:
                 nonlocal sent
                 i = 0
                 while time.monotonic() < deadline:

@@ -119,29 +119,45 @@ NO_ALLOW_MATCH = Decision(verdict="deny", status=403, reason="no ALLOW policy ma
 
 def _base_decision(policies: PolicySet, view: WorkloadView, attrs: Attributes) -> Decision:
     """The enforced verdict alone; results are shared immutable objects per deciding rule."""
-    denied = view.deny.first_match(attrs) if len(view.deny) else None
-    if denied is not None:
-        key = ("deny", denied.policy_index, denied.index)
-        decision: Decision | None = policies.memo.get(key)
-        if decision is None:
-            custom = policies.policy(denied.policy_index).deny_response
-            decision = policies.memo[key] = Decision(
-                verdict="deny", status=custom.status, reason="matched a DENY policy",
-                decided_by=_ref(policies, denied), body=custom.body,
-                response_headers=custom.headers,
-            )
-        return decision
+    deny = view.deny
+    if deny.rules:
+        at = deny.first_position(attrs)
+        if at >= 0:
+            decision: Decision | None = deny.outcomes[at]
+            if decision is None:
+                decision = deny.outcomes[at] = _deny_decision(policies, deny.rules[at])
+            return decision
     if not view.has_allow:
         return NO_ALLOW_POLICY
-    allowed = view.allow.first_match(attrs)
-    if allowed is None:
+    allow = view.allow
+    at = allow.first_position(attrs)
+    if at < 0:
         return NO_ALLOW_MATCH
-    key = ("allow", allowed.policy_index, allowed.index)
-    decision = policies.memo.get(key)
+    decision = allow.outcomes[at]
+    if decision is None:
+        decision = allow.outcomes[at] = _allow_decision(policies, allow.rules[at])
+    return decision
+
+
+def _deny_decision(policies: PolicySet, rule: CompiledRule) -> Decision:
+    key = ("deny", rule.policy_index, rule.index)
+    decision: Decision | None = policies.memo.get(key)
+    if decision is None:
+        custom = policies.policy(rule.policy_index).deny_response
+        decision = policies.memo[key] = Decision(
+            verdict="deny", status=custom.status, reason="matched a DENY policy",
+            decided_by=_ref(policies, rule), body=custom.body, response_headers=custom.headers,
+        )
+    return decision
+
+
+def _allow_decision(policies: PolicySet, rule: CompiledRule) -> Decision:
+    key = ("allow", rule.policy_index, rule.index)
+    decision: Decision | None = policies.memo.get(key)
     if decision is None:
         decision = policies.memo[key] = Decision(
             verdict="allow", status=200, reason="matched an ALLOW policy",
-            decided_by=_ref(policies, allowed),
+            decided_by=_ref(policies, rule),
         )
     return decision
 
@@ -149,7 +165,7 @@ def _base_decision(policies: PolicySet, view: WorkloadView, attrs: Attributes) -
 def authorize(policies: PolicySet, view: WorkloadView, attrs: Attributes) -> Decision:
     """Steps 2-5 of Istio's evaluation over ``view``'s enforced policies (plus audit/dry-run)."""
     decision = _base_decision(policies, view, attrs)
-    audit = _match(policies, view.audit, attrs) if len(view.audit) else None
+    audit = _match(policies, view.audit, attrs) if view.audit.rules else None
     principal = attrs.auth_principal
     if audit is None and not view.has_dry_run and principal is None:
         return decision

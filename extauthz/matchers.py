@@ -15,6 +15,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 from extauthz.request import AuthzRequest, IPAddress, parse_ip, remote_ip, spiffe_namespace
@@ -295,6 +296,38 @@ class FieldCheck:
     matcher: Matcher
     negate: bool = False
     many: bool = False
+    #: ``matches`` specialized once at load (what Clause and CompiledRule call per request).
+    test: Callable[[Attributes], bool] = dataclass_field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "test", self._specialize())
+
+    def _specialize(self) -> Callable[[Attributes], bool]:
+        # Most fields are exact strings, string prefixes or ports: a set membership test and a
+        # startswith, no matcher call. Anything else goes through the matcher (same result).
+        getter, matcher, negate = self.getter, self.matcher, self.negate
+        if self.many:
+            return self.matches
+        if isinstance(matcher, PortMatch):
+            ports = matcher.ports
+            if negate:
+                return lambda attrs: getter(attrs) not in ports
+            return lambda attrs: getter(attrs) in ports
+        if not isinstance(matcher, StringMatch) or matcher.suffixes or matcher.presence \
+                or matcher.templates or matcher.ignore_case:
+            return self.matches
+        exact, prefixes = matcher.exact, matcher.prefixes
+        if not prefixes:
+            # None (absent) is in no set of strings, exactly like the matcher's answer.
+            if negate:
+                return lambda attrs: getter(attrs) not in exact
+            return lambda attrs: getter(attrs) in exact
+
+        def test(attrs: Attributes) -> bool:
+            value = getter(attrs)
+            hit = isinstance(value, str) and (value in exact or value.startswith(prefixes))
+            return hit is not negate
+        return test
 
     def matches(self, attrs: Attributes) -> bool:
         """True if this field accepts the request."""
@@ -332,11 +365,17 @@ class Clause:
     """AND of field checks: one ``source``, one ``operation``, or a rule's ``when`` list."""
 
     checks: tuple[FieldCheck, ...]
+    #: The checks' specialized tests, in order.
+    tests: tuple[Callable[[Attributes], bool], ...] = dataclass_field(init=False, repr=False,
+                                                             compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tests", tuple(c.test for c in self.checks))
 
     def matches(self, attrs: Attributes) -> bool:
         """True if every check accepts the request."""
-        for check in self.checks:  # noqa: SIM110 - a plain loop beats all(genexpr) here
-            if not check.matches(attrs):
+        for test in self.tests:  # noqa: SIM110 - a plain loop beats all(genexpr) here
+            if not test(attrs):
                 return False
         return True
 

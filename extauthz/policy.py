@@ -26,7 +26,7 @@ import bisect
 import logging
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -267,6 +267,14 @@ class CompiledRule:
     operations: tuple[Clause, ...]
     conditions: Clause
     index_key: IndexKey | None
+    #: ``matches`` composed once at load from the clauses' specialized tests, so a request
+    #: walks a few closures instead of the rule's tuples and clause objects.
+    test: Callable[[Attributes], bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = [_any_clause(self.sources), _any_clause(self.operations),
+                 *self.conditions.tests]
+        object.__setattr__(self, "test", _all_of([p for p in parts if p is not None]))
 
     @property
     def order(self) -> tuple[int, int]:
@@ -275,19 +283,7 @@ class CompiledRule:
 
     def matches(self, attrs: Attributes) -> bool:
         """True if the rule matches the request."""
-        if self.sources:
-            for clause in self.sources:
-                if clause.matches(attrs):
-                    break
-            else:
-                return False
-        if self.operations:
-            for clause in self.operations:
-                if clause.matches(attrs):
-                    break
-            else:
-                return False
-        return self.conditions.matches(attrs)
+        return self.test(attrs)
 
     def explain(self, attrs: Attributes) -> str | None:
         """None if the rule matches, else the reason it does not (first failing part)."""
@@ -376,6 +372,46 @@ class Authentication:
         return all(workload.labels.get(k) == v for k, v in self.selector)
 
 
+def _always(attrs: Attributes) -> bool:
+    return True
+
+
+def _all_of(tests: Sequence[Callable[[Attributes], bool]]) -> Callable[[Attributes], bool]:
+    """One test that passes when every one of ``tests`` does (in order, stopping early)."""
+    if not tests:
+        return _always
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda attrs: first(attrs) and second(attrs)
+    chain = tuple(tests)
+
+    def every(attrs: Attributes) -> bool:
+        for test in chain:  # noqa: SIM110 - a plain loop beats all(genexpr) here
+            if not test(attrs):
+                return False
+        return True
+    return every
+
+
+def _any_clause(clauses: Sequence[Clause]) -> Callable[[Attributes], bool] | None:
+    """One test for "any of these clauses matches"; None when there are no clauses."""
+    if not clauses:
+        return None
+    tests = [_all_of(c.tests) for c in clauses]
+    if len(tests) == 1:
+        return tests[0]
+    options = tuple(tests)
+
+    def some(attrs: Attributes) -> bool:
+        for test in options:  # noqa: SIM110 - a plain loop beats any(genexpr) here
+            if test(attrs):
+                return True
+        return False
+    return some
+
+
 class _PathIndex:
     """Rule positions by exact path, path prefix and path suffix.
 
@@ -445,10 +481,13 @@ class _PathIndex:
 class RuleIndex:
     """Rules of one action, indexed so a request only evaluates rules that could match."""
 
-    __slots__ = ("always", "header", "host", "method", "path", "path_ci", "rules")
+    __slots__ = ("always", "header", "host", "method", "outcomes", "path", "path_ci", "rules")
 
     def __init__(self, rules: Sequence[CompiledRule]) -> None:
         self.rules = tuple(sorted(rules, key=lambda r: r.order))
+        #: The engine's shared result per rule position, filled on first match: reached
+        #: straight from the position instead of through a dict keyed by rule.
+        self.outcomes: list[Any] = [None] * len(self.rules)
         self.always: list[int] = []
         self.path = _PathIndex()
         self.path_ci = _PathIndex()
@@ -499,14 +538,18 @@ class RuleIndex:
             found = sorted(set(found))
         return found
 
-    def first_match(self, attrs: Attributes) -> CompiledRule | None:
-        """The first rule (in policy/rule order) that matches, or None."""
+    def first_position(self, attrs: Attributes) -> int:
+        """Position in ``rules`` of the first rule (policy/rule order) that matches, or -1."""
         rules = self.rules
         for i in self.candidates(attrs):
-            rule = rules[i]
-            if rule.matches(attrs):
-                return rule
-        return None
+            if rules[i].matches(attrs):
+                return i
+        return -1
+
+    def first_match(self, attrs: Attributes) -> CompiledRule | None:
+        """The first rule (in policy/rule order) that matches, or None."""
+        i = self.first_position(attrs)
+        return None if i < 0 else self.rules[i]
 
 
 @dataclass(frozen=True, slots=True, eq=False)

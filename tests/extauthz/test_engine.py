@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from extauthz.engine import explain
 from extauthz.jwt import AuthnOutcome
-from extauthz.matchers import Attributes, AuthIdentity
+from extauthz.matchers import Attributes, AuthIdentity, Template, template_regex
 
 NS = {"namespace": "foo", "label.app": "httpbin"}
 
@@ -482,3 +483,16 @@ def test_template_match_is_linear_on_hostile_paths(h: Any) -> None:
     started = time.perf_counter()
     assert h.evaluate(ps, req).verdict == "deny"
     assert time.perf_counter() - started < 1.0
+
+
+def test_template_segments_agree_with_template_regex() -> None:
+    """Segment matching of {*}/{**} templates equals full-matching their regex."""
+    templates = ["/a/{*}", "/a/{**}", "/{*}/b/{**}/c", "/store/{**}/cart", "/{**}", "/a/{**}/",
+                 "/{*}/{*}", "//{*}/x", "/a/{*}/{**}/x/y", "/{*}"]
+    rng = random.Random(3)
+    alphabet = ["a", "b", "c", "x", "y", "store", "cart", "", "ab"]
+    for _ in range(3000):
+        path = "/" + "/".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 6)))
+        for text in templates:
+            expected = re.fullmatch(template_regex(text), path) is not None
+            assert Template.compile(text).matches(path) is expected, (text, path)

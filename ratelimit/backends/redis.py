@@ -36,7 +36,7 @@ import asyncio
 import hashlib
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aredis
 from redis.asyncio.sentinel import Sentinel
@@ -314,9 +314,12 @@ def _client(url: str, mode: str, timeout: float, pool_size: int) -> Any:
             auth["password"] = unquote(parts.password)
         if parts.username:
             auth["username"] = unquote(parts.username)
+        # The Sentinels are spoken to in plain text; the master over TLS for rediss://, with
+        # the URL's TLS options (``Sentinel`` does not parse a URL, so they are passed here).
+        tls: dict[str, Any] = _tls_options(parts.query) if parts.scheme == "rediss" else {}
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             hosts, sentinel_kwargs={**common, **auth}, ssl=parts.scheme == "rediss", **common,
-            **auth,
+            **auth, **tls,
         )
         db = int(path[1]) if len(path) > 1 else 0
         return sentinel.master_for(path[0], db=db)
@@ -326,6 +329,19 @@ def _client(url: str, mode: str, timeout: float, pool_size: int) -> Any:
         url, max_connections=pool_size, timeout=timeout, **common
     )
     return aredis.Redis(connection_pool=pool)
+
+
+def _tls_options(query: str) -> dict[str, Any]:
+    """redis-py keyword arguments for the documented TLS query options of a URL."""
+    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    out: dict[str, Any] = {}
+    if "ssl_ca_certs" in options:
+        out["ssl_ca_certs"] = options["ssl_ca_certs"]
+    if "ssl_cert_reqs" in options:
+        out["ssl_cert_reqs"] = options["ssl_cert_reqs"].lower()
+    if "ssl_check_hostname" in options:
+        out["ssl_check_hostname"] = options["ssl_check_hostname"].lower() in ("1", "true", "yes")
+    return out
 
 
 def _redact(url: str) -> str:

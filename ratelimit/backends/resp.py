@@ -38,6 +38,7 @@ __all__ = ["ConnectionSettings", "ReplyError", "RespClient", "RespConnectionErro
 
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 1.0
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
 
 class ReplyError(Exception):
@@ -92,13 +93,22 @@ class ConnectionSettings:
         host = parts.hostname or "127.0.0.1"
         context = None
         if parts.scheme == "rediss":
-            context = ssl.create_default_context(cafile=query.get("ssl_ca_certs"))
+            cafile = query.get("ssl_ca_certs")
+            try:
+                context = ssl.create_default_context(cafile=cafile)
+            except OSError as exc:  # a missing file or bad PEM (ssl.SSLError is an OSError)
+                raise ValueError(f"cannot load ssl_ca_certs {cafile!r}: {exc}") from exc
             reqs = query.get("ssl_cert_reqs", "required").lower()
             check = query.get("ssl_check_hostname", "true" if reqs == "required" else "false")
-            context.check_hostname = check.lower() in ("1", "true", "yes")
-            context.verify_mode = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL}.get(
-                reqs, ssl.CERT_REQUIRED
+            if reqs not in _CERT_REQS:
+                raise ValueError(f"invalid ssl_cert_reqs {reqs!r} (none, optional or required)")
+            verify = _CERT_REQS[reqs]
+            # No certificate check means no name to check (as redis-py decides): asking for
+            # both would make ``ssl`` refuse the context.
+            context.check_hostname = (
+                verify != ssl.CERT_NONE and check.lower() in ("1", "true", "yes")
             )
+            context.verify_mode = verify
         return cls(host=host, port=parts.port or 6379, db=db, username=username,
                    password=password, ssl=context, server_hostname=host if context else None)
 
@@ -185,6 +195,7 @@ class RespClient:
         self._next = 0
         self._retry_at = 0.0
         self._backoff = _BACKOFF_MIN
+        self._last_error = ""
         self._closed = False
 
     async def call(self, packed: bytes) -> Any:
@@ -225,7 +236,10 @@ class RespClient:
             if self._closed:
                 raise RespConnectionError("redis client closed")
             if not force and time.monotonic() < self._retry_at:
-                raise RespConnectionError("redis unreachable (reconnect backing off)")
+                # Name the last failure: "wrong password" and "no route" need different fixes.
+                raise RespConnectionError(
+                    f"redis unreachable (reconnect backing off; last error: {self._last_error})"
+                )
             # Shared by every caller that needs this slot while it connects.
             pending = asyncio.ensure_future(self._connect())
             self._connecting[index] = pending
@@ -235,6 +249,8 @@ class RespClient:
     def _connected(self, index: int, future: asyncio.Future[_Connection]) -> None:
         self._connecting[index] = None
         if future.cancelled() or future.exception() is not None:
+            exc = None if future.cancelled() else future.exception()
+            self._last_error = "cancelled" if exc is None else str(exc) or type(exc).__name__
             self._retry_at = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
             return

@@ -41,6 +41,21 @@ def test_url_parsing() -> None:
         ConnectionSettings.from_url("memcache://h:1")
 
 
+def test_tls_url_options_are_checked() -> None:
+    """TLS query options: a bad ssl_cert_reqs or unreadable CA file is a ValueError naming it."""
+    with pytest.raises(ValueError, match="invalid ssl_cert_reqs 'bogus'"):
+        ConnectionSettings.from_url("rediss://h/0?ssl_cert_reqs=bogus")
+    with pytest.raises(ValueError, match=r"cannot load ssl_ca_certs '/nonexistent/ca\.pem'"):
+        ConnectionSettings.from_url("rediss://h/0?ssl_ca_certs=/nonexistent/ca.pem")
+    # No certificate check implies no host name check (an ssl context refuses both together).
+    t = ConnectionSettings.from_url("rediss://h/0?ssl_cert_reqs=none&ssl_check_hostname=true")
+    assert t.ssl is not None and (t.ssl.verify_mode, t.ssl.check_hostname) == (ssl.CERT_NONE,
+                                                                              False)
+    r = ConnectionSettings.from_url("rediss://h/0")
+    assert r.ssl is not None and (r.ssl.verify_mode, r.ssl.check_hostname) == (
+        ssl.CERT_REQUIRED, True)
+
+
 async def test_pipelined_replies_reach_their_callers_in_order(redis_url: str) -> None:
     """Hundreds of commands in flight on one connection each get their own reply."""
     client = RespClient(redis_url, timeout=2.0, pool_size=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,13 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     )
 
 
+class _BadSetting(Exception):
+    """A flag value the backend rejected while the service was being built."""
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run the service until SIGTERM/SIGINT; returns the exit code."""
-    from envoy_mixer.service import run
+    from envoy_mixer.service import Service, run
     from ratelimit.app import build
 
     configure_logging(args.log_level)
@@ -138,7 +143,20 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     settings = settings_from_args(args)
     server = ServerSettings.from_args(SERVICE, args)
-    return run(lambda: build(settings).service, server)
+
+    def build_service() -> Service:
+        # The backend is built inside the event loop; a bad --redis-url (scheme, TLS options,
+        # mode) surfaces there as ValueError and must end in one line, not a traceback.
+        try:
+            return build(settings).service
+        except ValueError as exc:
+            raise _BadSetting(str(exc)) from exc
+
+    try:
+        return run(build_service, server)
+    except _BadSetting as exc:
+        print(f"mixer ratelimit: {exc}", file=sys.stderr)
+        return 2
 
 
 def register(subparsers: Any) -> None:

@@ -165,3 +165,23 @@ def test_python_dash_m_and_mixer_cli_help() -> None:
         for flag in ("--config", "--listen", "--admin", "--backend", "--redis-url",
                      "--redis-timeout", "--redis-mode", "--shadow-mode", "--response-headers"):
             assert flag in text
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("ftp://x", "unsupported Redis URL scheme 'ftp'"),
+    ("rediss://127.0.0.1:1/0?ssl_cert_reqs=maybe", "invalid ssl_cert_reqs 'maybe'"),
+])
+def test_bad_redis_url_is_one_line_and_exit_2(url: str, message: str, tmp_path: Path) -> None:
+    """A --redis-url the backend rejects ends with one clear line and exit code 2."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "envoy_mixer.cli", "ratelimit",
+         "--config", str(REPO / "examples" / "ratelimit.yaml"), "--backend", "redis",
+         "--redis-url", url, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert out.returncode == 2
+    assert f"mixer ratelimit: {message}" in out.stderr
+    assert "Traceback" not in out.stderr

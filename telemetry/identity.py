@@ -29,6 +29,9 @@ LATEST = "latest"
 
 PEER_METADATA_HEADER = "x-mixer-peer-metadata"
 PEER_METADATA_ID_HEADER = "x-mixer-peer-metadata-id"
+#: Where the shipped gateways/outbound sidecars stash the peer response headers they strip
+#: from the client's response (Envoy dynamic metadata, copied into every ALS entry).
+PEER_STASH_NAMESPACE = "mixer.peer_response"
 
 _CANONICAL_NAME_LABELS = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
 _CANONICAL_REVISION_LABELS = (

@@ -29,7 +29,7 @@ from envoy_mixer.logs import log_event
 from envoy_mixer.snapshot import Snapshot
 from telemetry.config import TelemetryConfig
 from telemetry.entries import HttpEntry, TcpEntry, TcpEvent, TlsInfo
-from telemetry.identity import UNKNOWN_NODE, NodeIdentity, node_identity
+from telemetry.identity import PEER_STASH_NAMESPACE, UNKNOWN_NODE, NodeIdentity, node_identity
 from telemetry.labels import short_flags
 from telemetry.pipeline import Pipeline
 
@@ -112,6 +112,16 @@ def _filter_state(common: accesslog_pb2.AccessLogCommon) -> tuple[
     return peer, grpc_counts
 
 
+def _response_headers(common: Any, response: Any) -> dict[str, str]:
+    """Logged response headers, plus the peer headers the proxy stripped into metadata."""
+    headers = dict(response.response_headers)
+    stash = common.metadata.filter_metadata.get(PEER_STASH_NAMESPACE)
+    if stash is not None:
+        for key, value in stash.fields.items():
+            headers.setdefault(key, value.string_value)
+    return headers
+
+
 def http_entry(pb: accesslog_pb2.HTTPAccessLogEntry) -> HttpEntry:
     """Map Envoy's HTTP entry to the domain entry."""
     common = pb.common_properties
@@ -142,7 +152,7 @@ def http_entry(pb: accesslog_pb2.HTTPAccessLogEntry) -> HttpEntry:
         downstream_remote_address=_address(common.downstream_remote_address),
         upstream_remote_address=_address(common.upstream_remote_address),
         request_headers=dict(request.request_headers),
-        response_headers=dict(response.response_headers),
+        response_headers=_response_headers(common, response),
         response_trailers=dict(response.response_trailers),
         tls=_tls(common),
         peer_state=peer,

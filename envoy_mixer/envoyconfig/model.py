@@ -14,6 +14,9 @@ from dataclasses import dataclass
 #: Request/response headers that carry a proxy's identity to its peer (COMMON.md contract).
 PEER_METADATA_HEADER = "x-mixer-peer-metadata"
 PEER_METADATA_ID_HEADER = "x-mixer-peer-metadata-id"
+#: Dynamic-metadata namespace where gateways and outbound sidecars keep the peer response
+#: headers they strip before the response reaches the client (read by the telemetry service).
+PEER_STASH_NAMESPACE = "mixer.peer_response"
 
 #: Cluster names of our three services inside every generated config.
 AUTHZ_CLUSTER = "mixer_authz"

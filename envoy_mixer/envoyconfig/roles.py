@@ -22,6 +22,7 @@ from envoy_mixer.envoyconfig.model import (
     AUTHZ_CLUSTER,
     PEER_METADATA_HEADER,
     PEER_METADATA_ID_HEADER,
+    PEER_STASH_NAMESPACE,
     RATELIMIT_CLUSTER,
     TELEMETRY_CLUSTER,
     TRACING_CLUSTER,
@@ -136,6 +137,29 @@ def grpc_stats_filter() -> Json:
             # The counts travel to the telemetry service as filter state in each log entry.
             "emit_filter_state": True,
             "stats_for_all_methods": False,
+        },
+    }
+
+
+def peer_stash_filter() -> Json:
+    """Move the peer-metadata response headers into dynamic metadata, off the response.
+
+    Istio's metadata exchange never shows workload identities to clients; neither do we. The
+    access log still gets them: Envoy copies dynamic metadata into every ALS entry, and the
+    telemetry service reads them from there.
+    """
+    rules = [
+        {"header": name,
+         "on_header_present": {"metadata_namespace": PEER_STASH_NAMESPACE, "key": name,
+                               "type": "STRING"},
+         "remove": True}
+        for name in (PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER)
+    ]
+    return {
+        "name": "envoy.filters.http.header_to_metadata",
+        "typed_config": {
+            "@type": _T + "envoy.extensions.filters.http.header_to_metadata.v3.Config",
+            "response_rules": rules,
         },
     }
 
@@ -276,8 +300,11 @@ def _socket(host: str, port: int) -> Json:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _filters(services: MixerServices, domain: str | None) -> list[Json]:
-    filters = [ext_authz_filter(services)]
+def _filters(
+    services: MixerServices, domain: str | None, *, strip_peer_response: bool = False
+) -> list[Json]:
+    filters = [peer_stash_filter()] if strip_peer_response else []
+    filters.append(ext_authz_filter(services))
     if domain is not None:
         filters.append(ratelimit_filter(services, domain))
     filters.append(grpc_stats_filter())
@@ -357,7 +384,8 @@ def sidecar(
             "outbound", options.listen_host, outbound_port,
             http_connection_manager(
                 stat_prefix="outbound", virtual_hosts=vhosts,
-                http_filters=_filters(services, options.ratelimit_domain),
+                http_filters=_filters(services, options.ratelimit_domain,
+                                      strip_peer_response=True),
                 access_logs=[access_log(services, "sidecar-outbound")], edge=False,
                 tracing=tracing,
             ),
@@ -392,7 +420,7 @@ def ingress_gateway(
     }
     hcm = http_connection_manager(
         stat_prefix="ingress", virtual_hosts=[_rate_limited(vhost, options)],
-        http_filters=_filters(services, options.ratelimit_domain),
+        http_filters=_filters(services, options.ratelimit_domain, strip_peer_response=True),
         access_logs=[access_log(services, "ingress-gateway")], edge=True, tracing=tracing,
     )
     clusters = [cluster(upstream.cluster_name, [upstream.address]), *service_clusters(

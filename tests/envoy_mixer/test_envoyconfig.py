@@ -131,6 +131,27 @@ def test_sidecar_logs_grpc_message_counts() -> None:
         assert common["filter_state_objects_to_log"] == ["envoy.filters.http.grpc_stats"]
 
 
+def test_client_facing_listeners_stash_peer_response_headers() -> None:
+    """Ingress and outbound listeners move peer response headers into metadata; inbound does not."""
+    configs = render_mesh(local_mesh())
+    cases = [(configs["ingress-gateway"], "ingress", True),
+             (configs["sidecar-frontend"], "outbound", True),
+             (configs["sidecar-frontend"], "inbound", False)]
+    for config, listener_name, stripped in cases:
+        filters = _hcm(config, listener_name)["http_filters"]
+        first = filters[0]
+        if not stripped:
+            assert first["name"] != "envoy.filters.http.header_to_metadata"
+            continue
+        assert first["name"] == "envoy.filters.http.header_to_metadata"
+        rules = first["typed_config"]["response_rules"]
+        assert {r["header"] for r in rules} == {"x-mixer-peer-metadata",
+                                                "x-mixer-peer-metadata-id"}
+        assert all(r["remove"] is True for r in rules)
+        assert {r["on_header_present"]["metadata_namespace"] for r in rules} == {
+            "mixer.peer_response"}
+
+
 def test_peer_metadata_headers_decode_to_the_workload_identity() -> None:
     """Outbound requests carry base64 JSON metadata and the node id; inbound responses too."""
     config = render_mesh(local_mesh())["sidecar-frontend"]

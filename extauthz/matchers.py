@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -146,9 +147,10 @@ class Template:
             head, tail = segments[:at], "".join("/" + s for s in segments[at + 1:])
         else:
             head, tail = segments, None
+        # Segments are interned: thousands of templates share "api", "v1", "items" ...
         return cls(
             pattern_head=template[: template.index("{")] if "{" in template else template,
-            head=tuple(None if s == "{*}" else s for s in head), tail=tail,
+            head=tuple(None if s == "{*}" else sys.intern(s) for s in head), tail=tail,
         )
 
     def matches(self, path: str) -> bool:
@@ -337,33 +339,66 @@ class FieldCheck:
     negate: bool = False
     many: bool = False
     #: ``matches`` specialized once at load (what Clause and CompiledRule call per request).
-    test: Callable[[Attributes], bool] = dataclass_field(init=False, repr=False, compare=False)
+    #: The compiler passes a test shared by every equal check (same attribute, matcher and
+    #: polarity) of the policy set, so thousands of rules reuse a handful of test objects.
+    test: Callable[[Attributes], bool] = dataclass_field(default=None, repr=False,  # type: ignore[assignment]
+                                                         compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "test", self._specialize())
+        if self.test is None:
+            object.__setattr__(self, "test", self._specialize())
 
     def _specialize(self) -> Callable[[Attributes], bool]:
         # Most fields are exact strings, string prefixes or ports: a set membership test and a
         # startswith, no matcher call. Anything else goes through the matcher (same result).
+        # Captured values are default arguments rather than closure cells: fewer objects per
+        # test (no cells) and faster local reads.
         getter, matcher, negate = self.getter, self.matcher, self.negate
         if self.many:
             return self.matches
         if isinstance(matcher, PortMatch):
             ports = matcher.ports
             if negate:
-                return lambda attrs: getter(attrs) not in ports
-            return lambda attrs: getter(attrs) in ports
+                def not_port(attrs: Attributes, getter: Any = getter, ports: Any = ports) -> bool:
+                    return getter(attrs) not in ports
+                return not_port
+
+            def port(attrs: Attributes, getter: Any = getter, ports: Any = ports) -> bool:
+                return getter(attrs) in ports
+            return port
         if not isinstance(matcher, StringMatch) or matcher.suffixes or matcher.presence \
-                or matcher.templates or matcher.ignore_case:
+                or matcher.ignore_case:
             return self.matches
-        exact, prefixes = matcher.exact, matcher.prefixes
+        exact, prefixes, templates = matcher.exact, matcher.prefixes, matcher.templates
+        if templates:
+            if prefixes or negate:
+                return self.matches
+
+            def exact_or_template(attrs: Attributes, getter: Any = getter, exact: Any = exact,
+                                  templates: Any = templates) -> bool:
+                value = getter(attrs)
+                if not isinstance(value, str):
+                    return False
+                if value in exact:
+                    return True
+                for template in templates:  # noqa: SIM110 - a plain loop beats any(genexpr)
+                    if template.matches(value):
+                        return True
+                return False
+            return exact_or_template
         if not prefixes:
             # None (absent) is in no set of strings, exactly like the matcher's answer.
             if negate:
-                return lambda attrs: getter(attrs) not in exact
-            return lambda attrs: getter(attrs) in exact
+                def not_in(attrs: Attributes, getter: Any = getter, exact: Any = exact) -> bool:
+                    return getter(attrs) not in exact
+                return not_in
 
-        def test(attrs: Attributes) -> bool:
+            def is_in(attrs: Attributes, getter: Any = getter, exact: Any = exact) -> bool:
+                return getter(attrs) in exact
+            return is_in
+
+        def test(attrs: Attributes, getter: Any = getter, exact: Any = exact,
+                 prefixes: Any = prefixes, negate: bool = negate) -> bool:
             value = getter(attrs)
             hit = isinstance(value, str) and (value in exact or value.startswith(prefixes))
             return hit is not negate

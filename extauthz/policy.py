@@ -268,13 +268,22 @@ class CompiledRule:
     conditions: Clause
     index_key: IndexKey | None
     #: ``matches`` composed once at load from the clauses' specialized tests, so a request
-    #: walks a few closures instead of the rule's tuples and clause objects.
-    test: Callable[[Attributes], bool] = field(init=False, repr=False, compare=False)
+    #: walks a few functions instead of the rule's tuples and clause objects.
+    test: Callable[[Attributes], bool] = field(default=None, repr=False,  # type: ignore[assignment]
+                                               compare=False)
+    #: What is left to test once the index has found the rule through its key: ``test``
+    #: without the operation field the key's hit already proves (see ``_implied_check``);
+    #: ``test`` itself when the hit proves nothing. Built from shared pieces, so most rules'
+    #: residual is one test object used by many rules (or ``_always``).
+    residual: Callable[[Attributes], bool] = field(default=None, repr=False,  # type: ignore[assignment]
+                                                   compare=False)
 
     def __post_init__(self) -> None:
-        parts = [_any_clause(self.sources), _any_clause(self.operations),
-                 *self.conditions.tests]
-        object.__setattr__(self, "test", _all_of([p for p in parts if p is not None]))
+        if self.test is None or self.residual is None:
+            test, residual = _rule_tests(self.sources, self.operations, self.conditions,
+                                         self.index_key, _Interner())
+            object.__setattr__(self, "test", test)
+            object.__setattr__(self, "residual", residual)
 
     @property
     def order(self) -> tuple[int, int]:
@@ -372,22 +381,30 @@ class Authentication:
         return all(workload.labels.get(k) == v for k, v in self.selector)
 
 
+_Test = Callable[[Attributes], bool]
+
+
 def _always(attrs: Attributes) -> bool:
     return True
 
 
-def _all_of(tests: Sequence[Callable[[Attributes], bool]]) -> Callable[[Attributes], bool]:
+# Composed tests capture their parts as default arguments, not closure cells: a function and
+# its defaults tuple are two objects where a closure is four (tuple and one cell per part), and
+# with thousands of rules each object a request touches is likely a CPU-cache miss.
+
+
+def _all_of(tests: Sequence[_Test]) -> _Test:
     """One test that passes when every one of ``tests`` does (in order, stopping early)."""
     if not tests:
         return _always
     if len(tests) == 1:
         return tests[0]
     if len(tests) == 2:
-        first, second = tests
-        return lambda attrs: first(attrs) and second(attrs)
-    chain = tuple(tests)
+        def both(attrs: Attributes, first: _Test = tests[0], second: _Test = tests[1]) -> bool:
+            return first(attrs) and second(attrs)
+        return both
 
-    def every(attrs: Attributes) -> bool:
+    def every(attrs: Attributes, chain: tuple[_Test, ...] = tuple(tests)) -> bool:
         for test in chain:  # noqa: SIM110 - a plain loop beats all(genexpr) here
             if not test(attrs):
                 return False
@@ -395,16 +412,12 @@ def _all_of(tests: Sequence[Callable[[Attributes], bool]]) -> Callable[[Attribut
     return every
 
 
-def _any_clause(clauses: Sequence[Clause]) -> Callable[[Attributes], bool] | None:
-    """One test for "any of these clauses matches"; None when there are no clauses."""
-    if not clauses:
-        return None
-    tests = [_all_of(c.tests) for c in clauses]
+def _any_of(tests: Sequence[_Test]) -> _Test:
+    """One test that passes when any of ``tests`` does (at least one test)."""
     if len(tests) == 1:
         return tests[0]
-    options = tuple(tests)
 
-    def some(attrs: Attributes) -> bool:
+    def some(attrs: Attributes, options: tuple[_Test, ...] = tuple(tests)) -> bool:
         for test in options:  # noqa: SIM110 - a plain loop beats any(genexpr) here
             if test(attrs):
                 return True
@@ -412,23 +425,133 @@ def _any_clause(clauses: Sequence[Clause]) -> Callable[[Attributes], bool] | Non
     return some
 
 
+class _Interner:
+    """Equal compiled pieces shared across every rule of one load.
+
+    Rules repeat themselves (the same methods, principals, header values in thousands of
+    rules); sharing getters, matchers, field tests and composed tests keeps the per-rule
+    footprint small and the objects a request touches few and hot in the CPU cache. Sharing
+    is by equality of what decides the answer (attribute read, matcher values and flags,
+    polarity), so a shared test answers exactly as the rule's own would.
+    """
+
+    __slots__ = ("composed", "getters", "matchers", "tests")
+
+    def __init__(self) -> None:
+        self.getters: dict[Any, _Getter] = {}
+        self.matchers: dict[Any, Any] = {}
+        self.tests: dict[Any, _Test] = {}
+        self.composed: dict[tuple[str, tuple[_Test, ...]], _Test] = {}
+
+    def getter(self, key: tuple[str, Any]) -> _Getter:
+        """The getter for ``("attr", name)``, ``("header", name)`` or ``("claim", path)``."""
+        getter = self.getters.get(key)
+        if getter is None:
+            kind, arg = key
+            if kind == "attr":
+                getter = operator.attrgetter(arg)
+            elif kind == "header":
+                getter = _header_getter(arg)
+            else:
+                getter = _claim_getter(arg)
+            self.getters[key] = getter
+        return getter
+
+    def matcher(self, matcher: Matcher) -> Matcher:
+        """``matcher``, or the equal one already seen."""
+        shared: Matcher = self.matchers.setdefault(matcher, matcher)
+        return shared
+
+    def test(self, key: Any) -> _Test | None:
+        """The shared test for a field check's ``key``, if one was built."""
+        return self.tests.get(key)
+
+    def all_of(self, tests: Sequence[_Test]) -> _Test:
+        """Shared ``_all_of`` (parts are shared already, so equal parts are the same objects)."""
+        return self._compose("all", tuple(tests), _all_of)
+
+    def any_of(self, tests: Sequence[_Test]) -> _Test:
+        """Shared ``_any_of``."""
+        return self._compose("any", tuple(tests), _any_of)
+
+    def _compose(self, kind: str, parts: tuple[_Test, ...],
+                 make: Callable[[Sequence[_Test]], _Test]) -> _Test:
+        if len(parts) <= 1:
+            return make(parts)
+        key = (kind, parts)
+        test = self.composed.get(key)
+        if test is None:
+            test = self.composed[key] = make(parts)
+        return test
+
+
+def _implied_check(operations: Sequence[Clause], key: IndexKey | None) -> FieldCheck | None:
+    """The operation field that finding the rule through ``key`` proves, if any.
+
+    The index finds a rule only by a value of its key that the request's attribute hits:
+    equal to an exact value, starting with a prefix, ending with a suffix (the same tests the
+    field's matcher makes, on the same attribute). With a single ``to`` entry that hit is the
+    field's own match, so the field needs no second test. Not so for a template (the index
+    only knows its literal head), for several ``to`` entries (the hit may come from another
+    entry's values) or for header keys (presence is not the condition's value).
+    """
+    if key is None or key.dimension == "header" or len(operations) != 1:
+        return None
+    suffix = _DIMENSION_FIELDS[key.dimension]
+    check = next((c for c in operations[0].checks
+                  if c.field.endswith(suffix) and not c.negate), None)
+    if check is None or not isinstance(check.matcher, StringMatch) or check.matcher.templates \
+            or check.matcher.presence or check.many:
+        return None
+    return check
+
+
+def _rule_tests(sources: Sequence[Clause], operations: Sequence[Clause], conditions: Clause,
+                key: IndexKey | None, interner: _Interner) -> tuple[_Test, _Test]:
+    """A rule's full test and its residual once found by ``key`` (see ``CompiledRule``)."""
+    def parts(skip: FieldCheck | None) -> list[_Test]:
+        out = []
+        for clauses in (sources, operations):
+            if clauses:
+                out.append(interner.any_of([
+                    interner.all_of([c.test for c in clause.checks if c is not skip])
+                    for clause in clauses]))
+        out.extend(conditions.tests)
+        return [p for p in out if p is not _always]
+
+    test = interner.all_of(parts(None))
+    implied = _implied_check(operations, key)
+    return test, (test if implied is None else interner.all_of(parts(implied)))
+
+
 class _PathIndex:
     """Rule positions by exact path, path prefix and path suffix.
 
     Prefixes are found without probing every prefix length (which grows with the number of
-    distinct prefixes): they are kept sorted, and for each one the chain of other indexed
-    prefixes it starts with. Every indexed prefix of a path is a prefix of the greatest indexed
-    prefix that sorts at or before the path, so one bisection and a walk along that short chain
-    find them all.
+    distinct prefixes). Most end with "/" (``/static/*``, a template's head ``/api/v1/``): a
+    path can only start with one of those at one of its own slashes, so they are probed there,
+    one dict lookup per slash at a length some such prefix has (bounded by the path's depth).
+    That only pays off among many prefixes: below ``SLASH_PROBE_MIN`` all are bisected. The
+    others are kept sorted, and for each one the chain of other such prefixes it starts
+    with. Every one of them that the path starts with is a prefix of the greatest that sorts at
+    or before the path, so one bisection and a walk along that short chain find them all.
     """
 
-    __slots__ = ("chains", "exact", "prefix", "sorted_prefixes", "suffix", "suffix_lengths",
-                 "used")
+    __slots__ = ("chains", "dir_lengths", "dir_max", "dir_prefix", "exact", "prefix",
+                 "sorted_prefixes", "suffix", "suffix_lengths", "used")
+
+    #: Prefix count from which "/"-ended prefixes are probed at the path's slashes rather than
+    #: bisected (a few bisection steps over a small, cache-hot list are cheaper).
+    SLASH_PROBE_MIN = 64
 
     def __init__(self) -> None:
-        self.exact: dict[str, list[int]] = {}
-        self.prefix: dict[str, list[int]] = {}
-        self.suffix: dict[str, list[int]] = {}
+        # Lists while adding; ``freeze`` turns them into tuples (one object less per probe).
+        self.exact: dict[str, Any] = {}
+        self.prefix: dict[str, Any] = {}
+        self.suffix: dict[str, Any] = {}
+        self.dir_prefix: dict[str, tuple[int, ...]] = {}
+        self.dir_lengths: frozenset[int] = frozenset()
+        self.dir_max = 0
         self.sorted_prefixes: list[str] = []
         self.chains: list[tuple[tuple[str, tuple[int, ...]], ...]] = []
         self.suffix_lengths: tuple[int, ...] = ()
@@ -443,7 +566,14 @@ class _PathIndex:
             self.suffix.setdefault(value, []).append(position)
 
     def freeze(self) -> None:
-        self.sorted_prefixes = sorted(self.prefix)
+        for table in (self.exact, self.prefix, self.suffix):
+            for value, positions in table.items():
+                table[value] = tuple(positions)
+        if len(self.prefix) >= self.SLASH_PROBE_MIN:
+            self.dir_prefix = {p: v for p, v in self.prefix.items() if p.endswith("/")}
+        self.dir_lengths = frozenset(len(p) for p in self.dir_prefix)
+        self.dir_max = max(self.dir_lengths, default=0)
+        self.sorted_prefixes = sorted(p for p in self.prefix if p not in self.dir_prefix)
         # In sorted order a prefix's own indexed prefixes come before it and stay on the stack
         # (anything sorting between q and a string starting with q starts with q too).
         stack: list[str] = []
@@ -461,6 +591,16 @@ class _PathIndex:
         hit = self.exact.get(path)
         if hit:
             found.extend(hit)
+        if self.dir_max:
+            lengths, table, limit = self.dir_lengths, self.dir_prefix, self.dir_max
+            at = path.find("/")
+            while 0 <= at < limit:
+                at += 1
+                if at in lengths:
+                    hit = table.get(path[:at])
+                    if hit:
+                        found.extend(hit)
+                at = path.find("/", at)
         if self.sorted_prefixes:
             at = bisect.bisect_right(self.sorted_prefixes, path)
             if at:
@@ -481,19 +621,24 @@ class _PathIndex:
 class RuleIndex:
     """Rules of one action, indexed so a request only evaluates rules that could match."""
 
-    __slots__ = ("always", "header", "host", "method", "outcomes", "path", "path_ci", "rules")
+    __slots__ = ("always", "header", "host", "method", "outcomes", "path", "path_ci", "rules",
+                 "tests")
 
     def __init__(self, rules: Sequence[CompiledRule]) -> None:
         self.rules = tuple(sorted(rules, key=lambda r: r.order))
+        #: Per position, what a candidate still has to pass: the rule's residual (the index
+        #: found it through its key) or, for rules without a key, its full test. Reached
+        #: straight from the position, without touching the rule object.
+        self.tests = tuple(r.test if r.index_key is None else r.residual for r in self.rules)
         #: The engine's shared result per rule position, filled on first match: reached
         #: straight from the position instead of through a dict keyed by rule.
         self.outcomes: list[Any] = [None] * len(self.rules)
         self.always: list[int] = []
         self.path = _PathIndex()
         self.path_ci = _PathIndex()
-        self.host: dict[str, list[int]] = {}
-        self.method: dict[str, list[int]] = {}
-        self.header: dict[str, list[int]] = {}
+        self.host: dict[str, Any] = {}
+        self.method: dict[str, Any] = {}
+        self.header: dict[str, Any] = {}
         for i, rule in enumerate(self.rules):
             key = rule.index_key
             if key is None:
@@ -510,6 +655,9 @@ class RuleIndex:
                     table.setdefault(value, []).append(i)
         self.path.freeze()
         self.path_ci.freeze()
+        for table in (self.host, self.method, self.header):
+            for value, positions in table.items():
+                table[value] = tuple(positions)
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -540,9 +688,9 @@ class RuleIndex:
 
     def first_position(self, attrs: Attributes) -> int:
         """Position in ``rules`` of the first rule (policy/rule order) that matches, or -1."""
-        rules = self.rules
+        tests = self.tests
         for i in self.candidates(attrs):
-            if rules[i].matches(attrs):
+            if tests[i](attrs):
                 return i
         return -1
 
@@ -696,11 +844,12 @@ class _Compiler:
     """Turns one document's models into compiled objects, raising located ConfigErrors."""
 
     def __init__(self, doc: SourceDoc, base: tuple[str | int, ...], namespace: str,
-                 ci_paths: bool) -> None:
+                 ci_paths: bool, interner: _Interner | None = None) -> None:
         self.doc = doc
         self.base = base
         self.namespace = namespace
         self.ci_paths = ci_paths
+        self.interner = interner or _Interner()
 
     def error(self, message: str, *path: str | int) -> ConfigError:
         return self.doc.error(message, (*self.base, *path))
@@ -733,26 +882,36 @@ class _Compiler:
                 raise self.error(str(exc), *where, i) from None
         return PortMatch.compile(values)
 
-    def check(self, label: str, attribute: str, getter: _Getter, matcher: Matcher,
+    def check(self, label: str, attribute: str, getter_key: tuple[str, Any], matcher: Matcher,
               negate: bool, many: bool = False) -> FieldCheck:
-        return FieldCheck(field=label, attribute=attribute, getter=getter, matcher=matcher,
-                          negate=negate, many=many)
+        # Equal checks (same value read, same matcher, same polarity) share one test.
+        interner = self.interner
+        matcher = interner.matcher(matcher)
+        key = (getter_key, matcher, negate, many)
+        shared = interner.test(key)
+        check = FieldCheck(field=label, attribute=attribute, getter=interner.getter(getter_key),
+                           matcher=matcher, negate=negate, many=many)
+        if shared is None:
+            interner.tests[key] = check.test
+        else:
+            object.__setattr__(check, "test", shared)
+        return check
 
     def source(self, src: SourceModel, where: tuple[str | int, ...]) -> Clause:
         label = f"from[{where[-2]}].source" if len(where) >= 2 else "source"
         checks: list[FieldCheck] = []
-        principal = operator.attrgetter("source_principal")
+        principal = ("attr", "source_principal")
         for name, alias, attr, getter, negate in (
             ("principals", "principals", "source.principal", principal, False),
             ("not_principals", "notPrincipals", "source.principal", principal, True),
             ("request_principals", "requestPrincipals", "request.auth.principal",
-             operator.attrgetter("auth_principal"), False),
+             ("attr", "auth_principal"), False),
             ("not_request_principals", "notRequestPrincipals", "request.auth.principal",
-             operator.attrgetter("auth_principal"), True),
+             ("attr", "auth_principal"), True),
             ("namespaces", "namespaces", "source.namespace",
-             operator.attrgetter("source_namespace"), False),
+             ("attr", "source_namespace"), False),
             ("not_namespaces", "notNamespaces", "source.namespace",
-             operator.attrgetter("source_namespace"), True),
+             ("attr", "source_namespace"), True),
         ):
             values: list[str] = getattr(src, name)
             if values:
@@ -788,7 +947,7 @@ class _Compiler:
             values = getattr(src, name)
             if values:
                 checks.append(self.check(f"{label}.{alias}", attr.replace("_", "."),
-                                         operator.attrgetter(attr),
+                                         ("attr", attr),
                                          self.ips(values, (*where, alias)), negate))
         return Clause(tuple(checks))
 
@@ -817,12 +976,12 @@ class _Compiler:
                 matcher = self.strings(values, (*where, alias), ignore_case=self.ci_paths,
                                        templates=True)
             checks.append(self.check(f"{label}.{alias}", f"request.{attr.split('_')[0]}",
-                                     operator.attrgetter(attr), matcher, negate))
+                                     ("attr", attr), matcher, negate))
         for name, alias, negate in (("ports", "ports", False), ("not_ports", "notPorts", True)):
             values_p: list[str | int] = getattr(op, name)
             if values_p:
                 checks.append(self.check(f"{label}.{alias}", "destination.port",
-                                         operator.attrgetter("destination_port"),
+                                         ("attr", "destination_port"),
                                          self.ports(values_p, (*where, alias)), negate))
         return Clause(tuple(checks))
 
@@ -834,25 +993,25 @@ class _Compiler:
         base_key = key.partition("[")[0]
         if base_key in _UNSUPPORTED_KEYS:
             raise self.error(f"unknown attribute: {_UNSUPPORTED_KEYS[base_key]}", *where, "key")
-        getter: _Getter
+        getter: tuple[str, Any]
         many = False
         kind: str
         if key.startswith("request.headers[") and key.endswith("]"):
             header = key[len("request.headers["):-1].strip().lower()
             if not header:
                 raise self.error("empty header name in condition key", *where, "key")
-            getter = _header_getter(header)
+            getter = ("header", header)
             kind = "string"
         elif key.startswith("request.auth.claims[") and key.endswith("]"):
             inner = key[len("request.auth.claims["):-1]
             parts = inner.split("][")
             if not all(p.strip() for p in parts) or any("[" in p or "]" in p for p in parts):
                 raise self.error(f"invalid claim key '{key}'", *where, "key")
-            getter = _claim_getter(tuple(parts))
+            getter = ("claim", tuple(parts))
             kind, many = "string", True
         elif key in _SIMPLE_KEYS:
             kind, attr = _SIMPLE_KEYS[key]
-            getter = operator.attrgetter(attr)
+            getter = ("attr", attr)
             if kind == "strings":
                 kind, many = "string", True
         else:
@@ -885,9 +1044,11 @@ class _Compiler:
         for i, cond in enumerate(model.when):
             conditions.extend(self.condition(cond, (*where, "when", i)))
         when = Clause(tuple(conditions))
+        key = _index_key(operations, when)
+        test, residual = _rule_tests(sources, operations, when, key, self.interner)
         return CompiledRule(
             policy_index=policy_index, index=index, sources=sources, operations=operations,
-            conditions=when, index_key=_index_key(operations, when),
+            conditions=when, index_key=key, test=test, residual=residual,
         )
 
 
@@ -916,6 +1077,9 @@ def _claim_getter(path: tuple[str, ...]) -> _Getter:
 
 
 HEADER_KEY_PREFIX = "request.headers["
+#: The operation field each index dimension comes from (``_operation_key``, ``_implied_check``).
+_DIMENSION_FIELDS = {"path": ".paths", "path_ci": ".paths", "host": ".hosts",
+                     "method": ".methods"}
 
 
 def _index_key(operations: Sequence[Clause], conditions: Clause) -> IndexKey | None:
@@ -936,8 +1100,8 @@ def _index_key(operations: Sequence[Clause], conditions: Clause) -> IndexKey | N
 
 
 def _operation_key(operations: Sequence[Clause]) -> IndexKey | None:
-    for dimension, field_suffix in (("path", ".paths"), ("host", ".hosts"),
-                                    ("method", ".methods")):
+    for dimension in ("path", "host", "method"):
+        field_suffix = _DIMENSION_FIELDS[dimension]
         exact: set[str] = set()
         prefixes: list[str] = []
         suffixes: list[str] = []
@@ -960,7 +1124,7 @@ def _operation_key(operations: Sequence[Clause]) -> IndexKey | None:
             suffixes.extend(matcher.suffixes)
         if ok:
             dim: Literal["path", "path_ci", "host", "method"]
-            dim = "path_ci" if dimension == "path" and ci else dimension  # type: ignore[assignment]
+            dim = "path_ci" if dimension == "path" and ci else dimension
             return IndexKey(dimension=dim, exact=frozenset(exact), prefixes=tuple(prefixes),
                             suffixes=tuple(suffixes))
     return None
@@ -1110,7 +1274,8 @@ def _resolve_uri(uri: str, root: Path) -> str | None:
 
 
 def _compile_policy(doc: SourceDoc, resource: ResourceModel, namespace: str,
-                    base: tuple[str | int, ...], index: int) -> Policy:
+                    base: tuple[str | int, ...], index: int,
+                    interner: _Interner | None = None) -> Policy:
     try:
         spec = AuthorizationPolicySpec.model_validate(resource.spec)
     except ValidationError as exc:
@@ -1128,7 +1293,7 @@ def _compile_policy(doc: SourceDoc, resource: ResourceModel, namespace: str,
         raise doc.error("istio.io/dry-run is only supported on ALLOW and DENY policies",
                         (*base, "metadata", "annotations", DRY_RUN_ANNOTATION))
     ci_paths = _bool_annotation(doc, annotations, CASE_INSENSITIVE_PATHS_ANNOTATION, base)
-    compiler = _Compiler(doc, base, namespace, ci_paths)
+    compiler = _Compiler(doc, base, namespace, ci_paths, interner)
     rules = tuple(compiler.rule(r, index, i) for i, r in enumerate(spec.rules or []))
     return Policy(
         index=index, namespace=namespace, name=resource.metadata.name, action=spec.action,
@@ -1162,6 +1327,7 @@ def compile_documents(
     errors: list[ConfigError] = []
     seen: dict[tuple[str, str, str], str] = {}
     files: list[str] = []
+    interner = _Interner()
     for doc in docs:
         if doc.file not in files:
             files.append(doc.file)
@@ -1197,7 +1363,7 @@ def compile_documents(
             try:
                 if kind == "AuthorizationPolicy":
                     policies.append(_compile_policy(doc, resource, namespace, base,
-                                                    len(policies)))
+                                                    len(policies), interner))
                 else:
                     authns.append(_compile_authn(doc, resource, namespace, base, root))
             except ConfigErrors as exc:

@@ -496,3 +496,87 @@ def test_template_segments_agree_with_template_regex() -> None:
         for text in templates:
             expected = re.fullmatch(template_regex(text), path) is not None
             assert Template.compile(text).matches(path) is expected, (text, path)
+
+
+def _random_rules_policy(rng: random.Random, count: int) -> str:
+    """Policies mixing every index dimension with sources, conditions and several `to`s."""
+    docs = []
+    for i in range(count):
+        kind = i % 8
+        if kind == 0:
+            rule = f'{{to: [{{operation: {{paths: ["/d{i % 9}/", "/d{i % 9}/x*"]}}}}]}}'
+        elif kind == 1:
+            rule = (f'{{from: [{{source: {{principals: ["p{i % 3}"]}}}}], '
+                    f'to: [{{operation: {{paths: ["/d{i % 5}/*", "*.png"]}}}}]}}')
+        elif kind == 2:
+            rule = (f'{{to: [{{operation: {{hosts: ["H{i % 3}.com"], '
+                    f'methods: ["{rng.choice(["GET", "POST"])}"]}}}}]}}')
+        elif kind == 3:
+            rule = (f'{{to: [{{operation: {{paths: ["/d{i % 4}/{{*}}/z", "/e{i % 4}"]}}}}], '
+                    f'when: [{{key: "request.headers[x-a]", values: ["{i % 2}"]}}]}}')
+        elif kind == 4:
+            # Two `to` entries: a hit on one entry's path says nothing about the other's.
+            rule = (f'{{to: [{{operation: {{paths: ["/d{i % 3}/*"], methods: ["GET"]}}}}, '
+                    f'{{operation: {{paths: ["/e{i % 3}"], methods: ["POST"]}}}}]}}')
+        elif kind == 5:
+            rule = f'{{to: [{{operation: {{methods: ["DELETE"], notPaths: ["/e{i % 3}"]}}}}]}}'
+        elif kind == 6:
+            rule = (f'{{to: [{{operation: {{paths: ["/d{i % 6}", "/x/*"], '
+                    f'ports: ["{8080 + i % 2}"]}}}}]}}')
+        else:
+            rule = f'{{when: [{{key: "request.headers[x-b]", values: ["{i % 3}"]}}]}}'
+        docs.append(allow_policy(rule, f"p{i}", action=rng.choice(["ALLOW", "DENY"])))
+    return "---".join(docs)
+
+
+def _random_attrs(rng: random.Random, h: Any) -> Attributes:
+    path = rng.choice(["/d0/", "/d1/x", "/d2/xy", "/d3/q/z", "/d0/q/z", "/e1", "/e2", "/d4/a",
+                       "/a.png", "/d5", "/x/1", "/", "/d1", "/d3/", "/zzz"])
+    headers = {k: str(rng.randrange(3)) for k in ("x-a", "x-b") if rng.random() < 0.5}
+    req = h.request(path, method=rng.choice(["GET", "POST", "DELETE"]),
+                    host=rng.choice(["h0.com", "H1.COM", "h2.com", "x"]), headers=headers,
+                    source_principal=rng.choice(["spiffe://p0", "spiffe://p1", None]),
+                    destination_port=rng.choice([8080, 8081, None]), context_extensions=NS)
+    return Attributes(req)
+
+
+@pytest.mark.parametrize("slash_probe_min", [1, 10**9])
+def test_residual_tests_agree_with_full_rules(h: Any, monkeypatch: pytest.MonkeyPatch,
+                                              slash_probe_min: int) -> None:
+    """Index + per-rule residual equals brute force, with "/" prefixes probed or bisected."""
+    from extauthz.policy import _PathIndex
+
+    monkeypatch.setattr(_PathIndex, "SLASH_PROBE_MIN", slash_probe_min)
+    rng = random.Random(5)
+    ps = h.policies(_random_rules_policy(rng, 96))
+    view = ps.view(NS)
+    for _ in range(800):
+        attrs = _random_attrs(rng, h)
+        for index in (view.allow, view.deny):
+            brute = next((r for r in index.rules if r.matches(attrs)), None)
+            assert index.first_match(attrs) is brute
+
+
+def test_rules_share_equal_tests_and_drop_what_the_index_proves(h: Any) -> None:
+    """Equal checks share one test; a rule its index key fully decides has nothing left."""
+    from extauthz.policy import _always
+
+    ps = h.policies("---".join([
+        allow_policy('{from: [{source: {principals: ["a"]}}], '
+                     'to: [{operation: {paths: ["/x/*"]}}]}', "p1"),
+        allow_policy('{from: [{source: {principals: ["a"]}}], '
+                     'to: [{operation: {paths: ["/y"]}}]}', "p2"),
+        allow_policy('{to: [{operation: {paths: ["/orders/1"]}}]}', "p3"),
+        allow_policy('{to: [{operation: {hosts: ["A.com"], methods: ["GET"]}}]}', "p4"),
+        allow_policy('{to: [{operation: {hosts: ["b.com"], methods: ["GET"]}}]}', "p5"),
+        allow_policy('{to: [{operation: {paths: ["/t/{*}"]}}]}', "p6"),
+    ]))
+    r1, r2, r3, r4, r5, r6 = (p.rules[0] for p in ps.policies)
+    # Same principal check in two rules: one test object; the path the index hit is dropped.
+    assert r1.sources[0].checks[0].test is r2.sources[0].checks[0].test
+    assert r1.residual is r2.residual is r1.sources[0].checks[0].test
+    assert r3.residual is _always
+    # Host found by the index: only the (shared) method test is left.
+    assert r4.residual is r5.residual is r4.operations[0].checks[1].test
+    # A template's index key is only its literal head: the path is still tested.
+    assert r6.residual is r6.test is not _always

@@ -513,9 +513,11 @@ def _rule_tests(sources: Sequence[Clause], operations: Sequence[Clause], conditi
         out = []
         for clauses in (sources, operations):
             if clauses:
-                out.append(interner.any_of([
-                    interner.all_of([c.test for c in clause.checks if c is not skip])
-                    for clause in clauses]))
+                options = []
+                for clause in clauses:
+                    options.append(interner.all_of([c.test for c in clause.checks
+                                                    if c is not skip]))
+                out.append(interner.any_of(options))
         out.extend(conditions.tests)
         return [p for p in out if p is not _always]
 

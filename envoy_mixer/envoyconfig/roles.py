@@ -296,6 +296,13 @@ def bootstrap(node: Json, admin: Endpoint, listeners: list[Json], clusters: list
     }
 
 
+def _tracing(workload: Workload, options: ProxyOptions) -> Json | None:
+    """HCM tracing named after the workload, when the options ask for it."""
+    if not options.tracing:
+        return None
+    return tracing_config(f"{workload.name}.{workload.namespace}")
+
+
 def _socket(host: str, port: int) -> Json:
     return {"socket_address": {"address": host, "port_value": port}}
 
@@ -337,7 +344,7 @@ def sidecar(
     ratelimit filter.
     """
     inbound_cluster = f"inbound|{service_port}||"
-    tracing = tracing_config(f"{workload.name}.{workload.namespace}") if options.tracing else None
+    tracing = _tracing(workload, options)
     inbound_vhost: Json = {
         "name": "inbound",
         "domains": ["*"],
@@ -405,7 +412,7 @@ def ingress_gateway(
     the gateway's identity (policies select it by label),
     the rate limits derived from the config apply to every proxied route.
     """
-    tracing = tracing_config(f"{workload.name}.{workload.namespace}") if options.tracing else None
+    tracing = _tracing(workload, options)
     vhost: Json = {
         "name": "ingress",
         "domains": ["*"],
@@ -439,7 +446,7 @@ def egress_gateway(
     selecting the egress gateway (``to.operation.hosts``) decides which hosts are reachable;
     with the shipped example policy every other host gets 403. Fails closed like the others.
     """
-    tracing = tracing_config(f"{workload.name}.{workload.namespace}") if options.tracing else None
+    tracing = _tracing(workload, options)
     dns_cache = {
         "name": "egress_dns_cache",
         "dns_lookup_family": "V4_ONLY",

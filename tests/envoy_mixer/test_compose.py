@@ -160,6 +160,42 @@ def test_published_and_internal_addresses_agree(compose: dict[str, Any]) -> None
         assert int(match[2]) in listening[match[1]], url
 
 
+def _admin_ports(service: dict[str, Any]) -> set[int]:
+    """The admin ports a service serves: Envoy's admin block, our services' ``--admin``."""
+    ports: set[int] = set()
+    envoy = _envoy_config(service)
+    if envoy is not None:
+        ports.add(envoy["admin"]["address"]["socket_address"]["port_value"])
+    admin = _flag([str(a) for a in service.get("command", [])], "--admin")
+    if admin is not None:
+        ports.add(int(admin.rpartition(":")[2]))
+    return ports
+
+
+# Published on every host address on purpose: the gateway's traffic port, nothing else.
+PUBLIC_PORTS = {"ingress": {8080}}
+
+
+def test_no_admin_port_is_published_beyond_loopback(compose: dict[str, Any]) -> None:
+    """Admin ports (Envoy's /quitquitquit, our /config) and UIs bind 127.0.0.1 at most."""
+    checked = 0
+    for name, service in _services(compose).items():
+        admin = _admin_ports(service)
+        for mapping in service.get("ports", []):
+            parts = str(mapping).split(":")
+            container = int(parts[-1])
+            host_ip = parts[0] if len(parts) == 3 else "0.0.0.0"
+            if container in PUBLIC_PORTS.get(name, set()):
+                continue
+            assert host_ip == "127.0.0.1", f"{name} publishes {mapping} beyond loopback"
+            checked += 1
+            # An Envoy admin port is not published at all: loopback on the host is still
+            # every local user (the issue allows 127.0.0.1 at most; none is simpler).
+            if _envoy_config(service) is not None:
+                assert container not in admin, f"{name} publishes Envoy admin {mapping}"
+    assert checked >= 3
+
+
 def test_prometheus_scrapes_running_services(compose: dict[str, Any]) -> None:
     """Every Prometheus static target is a compose service and a port it serves."""
     config = yaml.safe_load((COMPOSE_DIR / "prometheus" / "prometheus.yml").read_text())

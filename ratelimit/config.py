@@ -138,6 +138,8 @@ class DescriptorNode:
     line: int | None = None
     #: Every name this node's limits replace (``replaces``), for a quick check per request.
     replaces: frozenset[str] = frozenset()
+    #: The descriptor's ``metadata`` map as written (returned with RESPONSE_DYNAMIC_METADATA).
+    metadata: Mapping[str, Any] | None = None
 
     #: True when the metric path needs runtime values (detailed_metric, value_to_metric).
     runtime_stats: bool = field(init=False, compare=False)
@@ -178,6 +180,63 @@ class Domain:
                 return None
             level = node.children
         return node
+
+    def stats_key(self, entries: Sequence[tuple[str, str]]) -> str:
+        """The metric key path (without the domain) for a request matching a limit here.
+
+        Built as envoyproxy/ratelimit builds its stat names: the path as written in the config
+        (``key_value`` for an exact value, the pattern for a wildcard, ``key`` for a bare key);
+        ``value_to_metric`` puts a level's runtime value in (nothing for an empty value);
+        ``detailed_metric`` on the limit's node puts every runtime value in; and a
+        ``share_threshold`` level always shows its pattern, whatever the other two say, so all
+        values sharing one counter also share one series.
+        """
+        level = self.root
+        static: list[str] = []
+        to_metric: list[str] = []
+        detailed: list[str] = []
+        shared: list[str | None] = []
+        node: DescriptorNode | None = None
+        for key, value in entries:
+            detailed.append(f"{key}_{value}")
+            entry = level.get(key)
+            node = None
+            how = ""
+            if entry is not None:
+                node = entry.exact.get(value)
+                how = "exact"
+                if node is None:
+                    for pattern, candidate in entry.wildcards:
+                        if pattern.fullmatch(value):
+                            node, how = candidate, "wildcard"
+                            break
+                if node is None:
+                    node, how = entry.default, "default"
+            if node is None:
+                break
+            share = node.share_patterns[-1] if how == "wildcard" else None
+            shared.append(share)
+            static.append(node.stats_parts[-1])
+            if share is not None:
+                used = share
+            elif how == "wildcard":
+                used = value if node.value_to_metric_levels[-1] else str(node.value)
+            elif how == "exact":
+                used = value
+            else:
+                used = value if node.value_to_metric_levels[-1] else ""
+            to_metric.append(f"{key}_{used}" if used else key)
+            level = node.children
+        if node is None:
+            return ".".join(static)
+        if node.detailed_metric:
+            if any(p is not None for p in shared):
+                return ".".join(
+                    f"{k}_{p}" if p is not None else (f"{k}_{v}" if v else k)
+                    for (k, v), p in zip(entries, shared, strict=False)
+                )
+            return ".".join(detailed)
+        return ".".join(to_metric)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,10 +308,11 @@ class RateLimitConfig:
 # --------------------------------------------------------------------------------- loading
 
 
-def load_config(path: Path) -> RateLimitConfig:
+def load_config(path: Path, *, merge_domains: bool = False) -> RateLimitConfig:
     """Load and validate a config PATH (one file or a directory of files).
 
     Raises ConfigError, whose text starts with the file name like envoyproxy/ratelimit's.
+    ``merge_domains`` is the reference's MERGE_DOMAIN_CONFIG (see ``load_texts``).
     """
     files = config_files(path)
     texts: list[tuple[str, str]] = []
@@ -261,11 +321,17 @@ def load_config(path: Path) -> RateLimitConfig:
             texts.append((file.name, file.read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"error loading config file: {exc}", file=file.name) from exc
-    return load_texts(texts)
+    return load_texts(texts, merge_domains=merge_domains)
 
 
-def load_texts(files: Sequence[tuple[str, str]]) -> RateLimitConfig:
-    """Build a config from ``(file name, YAML text)`` pairs (the pure core of load_config)."""
+def load_texts(
+    files: Sequence[tuple[str, str]], *, merge_domains: bool = False
+) -> RateLimitConfig:
+    """Build a config from ``(file name, YAML text)`` pairs (the pure core of load_config).
+
+    The same domain in two documents is an error unless ``merge_domains``: then the later
+    document's descriptors are added to the domain (envoyproxy/ratelimit's MERGE_DOMAIN_CONFIG).
+    """
     by_domain: dict[str, Domain] = {}
     for name, text in files:
         try:
@@ -282,8 +348,10 @@ def load_texts(files: Sequence[tuple[str, str]]) -> RateLimitConfig:
             try:
                 domain = _compile_domain(doc)
                 if domain.name in by_domain:
-                    raise _error(doc, f"duplicate domain '{domain.name}' in config file",
-                                 ("domain",))
+                    if not merge_domains:
+                        raise _error(doc, f"duplicate domain '{domain.name}' in config file",
+                                     ("domain",))
+                    domain = _merge_domain(by_domain[domain.name], domain, doc)
             except ConfigError as exc:
                 _point_at_key(exc, text, doc.index)
                 raise
@@ -397,28 +465,7 @@ class _DomainBuilder:
         if not isinstance(items, list):
             raise _error(self.doc, "config error, 'descriptors' must be a list", path)
         nodes = [self.node(item, (*path, i), parents) for i, item in enumerate(items)]
-        exact: dict[str, dict[str, DescriptorNode]] = {}
-        wild: dict[str, list[tuple[re.Pattern[str], DescriptorNode]]] = {}
-        default: dict[str, DescriptorNode] = {}
-        order: list[str] = []
-        for node in nodes:
-            if node.key not in order:
-                order.append(node.key)
-            if node.value is None:
-                default[node.key] = node
-            elif "*" in node.value:
-                wild.setdefault(node.key, []).append((_wildcard(node.value), node))
-            else:
-                exact.setdefault(node.key, {})[node.value] = node
-        table = {
-            key: KeyEntry(
-                exact=exact.get(key, {}),
-                wildcards=tuple(wild.get(key, ())),
-                default=default.get(key),
-            )
-            for key in order
-        }
-        return table, tuple(nodes)
+        return _table(nodes), tuple(nodes)
 
     def node(
         self,
@@ -472,6 +519,7 @@ class _DomainBuilder:
             share_patterns=tuple(pattern for _, _, pattern in here),
             line=doc.line_of(path),
             replaces=frozenset(name for lim in limits for name in lim.replaces),
+            metadata=metadata,
         )
 
     def limits(self, data: Mapping[str, Any], path: tuple[str | int, ...]) -> tuple[Limit, ...]:
@@ -559,6 +607,48 @@ class _DomainBuilder:
                 )
             names.append(name)
         return tuple(names)
+
+
+def _table(nodes: Sequence[DescriptorNode]) -> dict[str, KeyEntry]:
+    """The lookup table of one level: per key, exact values, wildcards in order, bare key."""
+    exact: dict[str, dict[str, DescriptorNode]] = {}
+    wild: dict[str, list[tuple[re.Pattern[str], DescriptorNode]]] = {}
+    default: dict[str, DescriptorNode] = {}
+    order: list[str] = []
+    for node in nodes:
+        if node.key not in order:
+            order.append(node.key)
+        if node.value is None:
+            default[node.key] = node
+        elif "*" in node.value:
+            wild.setdefault(node.key, []).append((_wildcard(node.value), node))
+        else:
+            exact.setdefault(node.key, {})[node.value] = node
+    return {
+        key: KeyEntry(
+            exact=exact.get(key, {}),
+            wildcards=tuple(wild.get(key, ())),
+            default=default.get(key),
+        )
+        for key in order
+    }
+
+
+def _merge_domain(first: Domain, more: Domain, doc: SourceDoc) -> Domain:
+    """MERGE_DOMAIN_CONFIG: ``more``'s top-level descriptors added to ``first``'s.
+
+    As in the reference, a top-level ``key``/``key_value`` both files define is an error named
+    after the later file; deeper levels belong to one top-level descriptor, so cannot clash.
+    """
+    seen = {n.stats_parts[0] for n in first.ordered}
+    for index, node in enumerate(more.ordered):
+        if node.stats_parts[0] in seen:
+            raise _error(doc,
+                f"duplicate descriptor composite key '{first.name}.{node.stats_parts[0]}'",
+                ("descriptors", index),
+            )
+    ordered = (*first.ordered, *more.ordered)
+    return Domain(name=first.name, root=_table(ordered), ordered=ordered, file=first.file)
 
 
 def _compile_domain(doc: SourceDoc) -> Domain:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -36,8 +36,6 @@ __all__ = [
 #: ``limit_remaining`` of an unlimited descriptor (uint32 max, as the reference answers).
 MAX_REMAINING = 0xFFFFFFFF
 
-# Local over-limit cache entries are swept when the table passes this size.
-_CACHE_SWEEP = 50_000
 # Bound of the per-descriptor plan cache (cleared whole when full).
 _PLAN_CACHE = 20_000
 # Bound of the compiled-request cache (cleared whole when full).
@@ -94,7 +92,11 @@ class StatDelta(NamedTuple):
 
 
 class Decision(NamedTuple):
-    """The overall answer, per-descriptor statuses in request order, headers and stats."""
+    """The overall answer, per-descriptor statuses in request order, headers and stats.
+
+    ``metadata`` is the response's dynamic metadata as plain JSON-able data (only with
+    ``LimiterSettings.response_dynamic_metadata``), shaped as envoyproxy/ratelimit's.
+    """
 
     overall: Code
     statuses: tuple[Status, ...]
@@ -102,19 +104,31 @@ class Decision(NamedTuple):
     stats: tuple[StatDelta, ...] = ()
     domain_found: bool = True
     global_shadow: bool = False
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class LimiterSettings:
-    """Process-wide behaviour switches (CLI flags with env fallbacks)."""
+    """Process-wide behaviour switches (CLI flags with env fallbacks).
+
+    Every default is envoyproxy/ratelimit's: ``local_cache`` off (its LOCAL_CACHE_SIZE_IN_BYTES
+    is 0), ``quota_mode`` is its global QUOTA_MODE (every descriptor counts as a quota one),
+    ``stop_increment_when_over_limit`` its STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT,
+    ``response_dynamic_metadata`` its RESPONSE_DYNAMIC_METADATA.
+    """
 
     shadow_mode: bool = False
     near_limit_ratio: float = 0.8
-    local_cache: bool = True
+    local_cache: bool = False
+    #: Most keys the local over-limit cache holds (the reference bounds it in bytes).
+    local_cache_entries: int = 50_000
     response_headers: bool = False
     limit_header: str = "RateLimit-Limit"
     remaining_header: str = "RateLimit-Remaining"
     reset_header: str = "RateLimit-Reset"
+    quota_mode: bool = False
+    stop_increment_when_over_limit: bool = False
+    response_dynamic_metadata: bool = False
 
 
 # Enum members bound once: ``Code.OK`` is a class attribute lookup through the enum metaclass,
@@ -212,7 +226,9 @@ class Limiter:
             compiled = self._compile(config, request)
         domain_name, items, slots = compiled
         if items is None:
-            return Decision(_OK, (_NO_LIMIT,) * len(request.descriptors), (), (), False)
+            unmatched = (_NO_LIMIT,) * len(request.descriptors)
+            return Decision(_OK, unmatched, (), (), False, False, self._metadata(
+                request, items, unmatched) if self.settings.response_dynamic_metadata else None)
 
         now = self._clock()
         inow = int(now)
@@ -220,8 +236,10 @@ class Limiter:
         # Window keys and fixed-window ops are reused while the window lasts; the per-call
         # view (window, op index) stays local because calls interleave across the await.
         ops: list[CounterOp] = []
+        op_slots: list[_CounterSlot] = []
         picked: list[tuple[_Window, int]] = []
         cache = self._over_cache if self.settings.local_cache else None
+        cached_any = False
         for slot in slots:
             seconds = slot.seconds
             start = inow - inow % seconds
@@ -230,6 +248,7 @@ class Limiter:
                 win = slot.rewindow(start)
             if slot.sliding:
                 picked.append((win, len(ops)))
+                op_slots.append(slot)
                 ops.append(CounterOp(
                     win[1], slot.addend, 2 * seconds, win[3],
                     max(0.0, (win[2] - now) / seconds), slot.limit,
@@ -239,26 +258,32 @@ class Limiter:
                 until = cache.get(win[1])
                 if until is not None and until > now:
                     picked.append((win, -1))
+                    cached_any = True
                     continue
             picked.append((win, len(ops)))
+            op_slots.append(slot)
             ops.append(win[3])
 
+        if ops and self.settings.stop_increment_when_over_limit:
+            ops = await self._stop_increments(ops, op_slots, cached_any)
         results = await self.backend.apply(ops) if ops else []
 
         statuses: list[Status] = []
         stats: list[StatDelta] = []
         quota_total = quota_over = 0
+        global_quota = self.settings.quota_mode
         over_any = False
         pos = 0
         for node, stats_key, addend, row, kind in items:
             if kind != _COUNTED:
+                # Neither touches the backend nor counts in the stats, as in the reference.
                 if kind == _UNLIMITED_KIND:
-                    # Unlimited: OK without touching the backend, but still counted.
                     statuses.append(_UNLIMITED)
-                    stats.append(StatDelta(domain_name, stats_key, addend, 0, 0, addend))
                 else:
-                    # No match, a whitelist node, or every limit replaced: no limit, no stats.
+                    # No match, a whitelist node, or every limit replaced: no limit. Under the
+                    # global quota mode it is still one of the quota descriptors (an OK one).
                     statuses.append(_NO_LIMIT)
+                    quota_total += global_quota
                 continue
             chosen = None
             over = near = cached = 0
@@ -284,7 +309,7 @@ class Limiter:
                             d_near = limit - max(threshold, before)
                         if cache is not None and not slot.sliding:
                             cache[win[1]] = win[2]
-                            if len(cache) > _CACHE_SWEEP:
+                            if len(cache) > self.settings.local_cache_entries:
                                 self._sweep_cache(now)
                         status = Status(_OVER, lim, 0, reset)
                     else:
@@ -304,11 +329,12 @@ class Limiter:
                         chosen = status
             assert chosen is not None
             shadow = 0
+            quota = global_quota or (node is not None and node.quota_mode)
             if chosen.code is _OVER:
                 if node is not None and node.shadow_mode:
                     shadow = addend
                     chosen = Status(_OK, chosen.limit, 0, chosen.reset_seconds)
-                elif node is None or not node.quota_mode:
+                elif not quota:
                     over_any = True
                 within = 0
             else:
@@ -316,7 +342,7 @@ class Limiter:
             stats.append(StatDelta(domain_name, stats_key, addend, over, near,
                                    within, shadow, cached))
             statuses.append(chosen)
-            if node is not None and node.quota_mode:
+            if quota:
                 quota_total += 1
                 quota_over += chosen.code is _OVER
 
@@ -333,7 +359,70 @@ class Limiter:
             tuple(stats),
             True,
             global_shadow,
+            self._metadata(request, items, statuses)
+            if self.settings.response_dynamic_metadata else None,
         )
+
+    async def _stop_increments(
+        self, ops: list[CounterOp], slots: list[_CounterSlot], cached_any: bool
+    ) -> list[CounterOp]:
+        """STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT: which fixed-window counters still count.
+
+        As the reference decides it: a key answered from the local cache stops every increment
+        of the request; otherwise the counters are read first, and if some would pass their
+        limit with this hit, only those are incremented (the others keep their count).
+        Sliding-window ops never count a rejected hit anyway and pass through unchanged.
+        """
+        fixed = [i for i, op in enumerate(ops) if op.prev_key is None]
+        if not fixed:
+            return ops
+        if cached_any:
+            exceeding: set[int] = set()
+        else:
+            current = await self.backend.apply([ops[i]._replace(addend=0) for i in fixed])
+            exceeding = {
+                i for i, now_count in zip(fixed, current, strict=True)
+                if now_count + ops[i].addend > slots[i].limit
+            }
+            if not exceeding:
+                return ops
+        out = list(ops)
+        for i in fixed:
+            if i not in exceeding:
+                out[i] = ops[i]._replace(addend=0)
+        return out
+
+    def _metadata(
+        self, request: Request, items: tuple[_Item, ...] | None, statuses: Sequence[Status]
+    ) -> dict[str, Any]:
+        """RESPONSE_DYNAMIC_METADATA: the request, and the metadata of the limits that passed.
+
+        The reference's shape: ``domain``; ``descriptors`` (``entries`` as ``key=value``,
+        ``limit`` for an override, ``hitsAddend`` when the descriptor sets one); ``hitsAddend``
+        when the request sets one; ``metadata``: the ``metadata`` maps of every descriptor whose
+        limit answered OK, merged (nested maps merged, the first value of a key kept).
+        """
+        descriptors: list[dict[str, Any]] = []
+        for desc in request.descriptors:
+            out: dict[str, Any] = {"entries": [f"{k}={v}" for k, v in desc.entries]}
+            if desc.override is not None:
+                out["limit"] = (f"requests_per_unit:{desc.override.requests_per_unit} "
+                                f"unit:{desc.override.unit.upper()}")
+            if desc.hits_addend is not None:
+                out["hitsAddend"] = desc.hits_addend
+            descriptors.append(out)
+        data: dict[str, Any] = {"domain": request.domain, "descriptors": descriptors}
+        if request.hits_addend:
+            data["hitsAddend"] = request.hits_addend
+        merged: dict[str, Any] = {}
+        for item, status in zip(items or (), statuses, strict=False):
+            node, kind = item[0], item[4]
+            if (kind == _COUNTED and status.code is _OK and node is not None
+                    and node.metadata):
+                _merge_metadata(merged, node.metadata)
+        if merged:
+            data["metadata"] = merged
+        return data
 
     def _compile(self, config: RateLimitConfig, request: Request) -> _Compiled:
         """Match a request once: per descriptor its node, limits, addend and counter slots."""
@@ -351,9 +440,11 @@ class Limiter:
         replaced: frozenset[str] = frozenset()
         for entries, _, override in descriptors:
             if override is not None:
-                # Envoy's per-request override replaces whatever the config says.
+                # Envoy's per-request override replaces whatever the config says; its stats
+                # key is every entry's key_value, as in the reference (the cardinality cap in
+                # ratelimit.metrics bounds the series).
                 matched.append((None, (override,), _cache_key(domain_name, entries, None),
-                                _stats_key(None, entries)))
+                                _override_stats_key(entries)))
                 continue
             plan = self._plans.get((domain_name, entries))
             if plan is None:
@@ -396,7 +487,7 @@ class Limiter:
             plan: _Plan = (node, (), "", "")
         else:
             plan = (node, node.limits, _cache_key(domain.name, entries, node),
-                    _stats_key(node, entries))
+                    domain.stats_key(entries))
         if len(self._plans) >= _PLAN_CACHE:
             self._plans.clear()
         self._plans[(domain.name, entries)] = plan
@@ -405,7 +496,7 @@ class Limiter:
     def _sweep_cache(self, now: float) -> None:
         for key in [k for k, until in self._over_cache.items() if until <= now]:
             del self._over_cache[key]
-        if len(self._over_cache) > _CACHE_SWEEP // 2:
+        if len(self._over_cache) > self.settings.local_cache_entries // 2:
             # Mostly live keys: start over rather than sweep again on every insert (the cache
             # only saves backend calls; an evicted key is simply asked again).
             self._over_cache.clear()
@@ -457,18 +548,24 @@ def _cache_key(
     return f"{domain}_{''.join([f'{k}_{v}_' for k, v in entries])}"
 
 
-def _stats_key(node: DescriptorNode | None, entries: tuple[tuple[str, str], ...]) -> str:
-    """Metric key path: as written in the config, or with runtime values where asked."""
-    if node is None:
-        # An override: keys only, so per-request values never become label values.
-        return ".".join(k for k, _ in entries)
-    if not node.runtime_stats:
-        return node.stats_key
-    if node.detailed_metric:
-        return ".".join(f"{k}_{v}" for k, v in entries)
-    return ".".join(
-        f"{k}_{v}" if runtime else static
-        for (k, v), static, runtime in zip(
-            entries, node.stats_parts, node.value_to_metric_levels, strict=False
-        )
-    )
+def _override_stats_key(entries: tuple[tuple[str, str], ...]) -> str:
+    """``key1_value1.key2`` (an empty value leaves the key alone), as the reference names it."""
+    return ".".join(f"{k}_{v}" if v else k for k, v in entries)
+
+
+def _merge_metadata(dest: dict[str, Any], src: Mapping[str, Any]) -> None:
+    """Merge ``src`` into ``dest``: maps recursively, otherwise the value already there stays."""
+    for key, value in src.items():
+        if key not in dest:
+            dest[key] = _copy(value)
+        elif isinstance(dest[key], dict) and isinstance(value, Mapping):
+            _merge_metadata(dest[key], value)
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of YAML data, so merging never changes the config's own maps."""
+    if isinstance(value, Mapping):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value

@@ -1,7 +1,9 @@
 """The gRPC servicer for ``envoy.service.ratelimit.v3.RateLimitService``: protobuf <-> domain.
 
 Errors map to status codes here and only here: an empty domain or descriptor list ->
-INVALID_ARGUMENT; no config loaded yet or the counter backend down/slow -> UNAVAILABLE (Envoy's
+INVALID_ARGUMENT (counted as ``service_error``, as the reference counts it); bytes that are not
+a RateLimitRequest -> INVALID_ARGUMENT (``invalid_argument``); no config loaded yet or the
+counter backend down/slow -> UNAVAILABLE (Envoy's
 ``failure_mode_deny`` then decides whether the request passes).
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import duration_pb2, json_format, struct_pb2
 
 from envoy_mixer.logs import log_event
 from envoy_mixer.snapshot import NotLoadedError, Snapshot
@@ -105,7 +107,16 @@ def to_response(decision: Decision) -> rls_pb2.RateLimitResponse:
     response = rls_pb2.RateLimitResponse(overall_code=decision.overall, statuses=statuses)
     for key, value in decision.headers:
         response.response_headers_to_add.append(base_pb2.HeaderValue(key=key, value=value))
+    if decision.metadata is not None:
+        response.dynamic_metadata.CopyFrom(metadata_struct(decision.metadata))
     return response
+
+
+def metadata_struct(data: dict[str, Any]) -> struct_pb2.Struct:
+    """Dynamic metadata (plain data) as the protobuf Struct Envoy receives."""
+    message = struct_pb2.Struct()
+    message.update(data)
+    return message
 
 
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
@@ -165,7 +176,8 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         try:
             decision = await self.limiter.decide(self.snapshot.get(), request)
         except InvalidRequestError as exc:
-            metrics.call_errors.labels("invalid_argument").inc()
+            # The reference counts these (empty domain, no descriptors) as service errors.
+            metrics.call_errors.labels("service_error").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
         except NotLoadedError:

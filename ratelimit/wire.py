@@ -13,17 +13,21 @@ Field numbers (envoy.service.ratelimit.v3, envoy.extensions.common.ratelimit.v3)
 RateLimitRequest{domain=1, descriptors=2, hits_addend=3};
 RateLimitDescriptor{entries=1, limit=2, hits_addend=3 (UInt64Value{value=1})};
 Entry{key=1, value=2}; RateLimitOverride{requests_per_unit=1, unit=2};
-RateLimitResponse{overall_code=1, statuses=2, response_headers_to_add=3};
+RateLimitResponse{overall_code=1, statuses=2, response_headers_to_add=3, dynamic_metadata=6};
 DescriptorStatus{code=1, current_limit=2, limit_remaining=3, duration_until_reset=4};
 RateLimit{requests_per_unit=1, unit=2, name=3}; Duration{seconds=1}; HeaderValue{key=1, value=2}.
 """
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Mapping
+from typing import Any
+
 from ratelimit.config import Limit
 from ratelimit.limiter import Decision, Descriptor, Request
 
-__all__ = ["WireError", "decode_request", "encode_response"]
+__all__ = ["WireError", "decode_request", "encode_response", "encode_struct"]
 
 # RateLimitResponse.RateLimit.Unit numbers; the override's envoy.type.v3.RateLimitUnit has no
 # WEEK (its 5 and 6 are MONTH and YEAR in both enums).
@@ -264,4 +268,32 @@ def encode_response(decision: Decision) -> bytes:
             b"\x12", value.encode()
         )
         out.append(_length_delimited(b"\x1a", header))
+    if decision.metadata is not None:
+        out.append(_length_delimited(b"\x32", encode_struct(decision.metadata)))
     return b"".join(out)
+
+
+def encode_struct(data: Mapping[str, Any]) -> bytes:
+    """``google.protobuf.Struct`` bytes for JSON-like data (the response's dynamic_metadata)."""
+    out = []
+    for key, value in data.items():
+        entry = _length_delimited(b"\x0a", str(key).encode()) + _length_delimited(
+            b"\x12", _encode_value(value))
+        out.append(_length_delimited(b"\x0a", entry))
+    return b"".join(out)
+
+
+def _encode_value(value: Any) -> bytes:
+    """``google.protobuf.Value`` bytes: null, number, string, bool, struct or list."""
+    if value is None:
+        return b"\x08\x00"
+    if isinstance(value, bool):
+        return b"\x20" + (b"\x01" if value else b"\x00")
+    if isinstance(value, (int, float)):
+        return b"\x11" + struct.pack("<d", float(value))
+    if isinstance(value, Mapping):
+        return _length_delimited(b"\x2a", encode_struct(value))
+    if isinstance(value, (list, tuple)):
+        items = b"".join(_length_delimited(b"\x0a", _encode_value(v)) for v in value)
+        return _length_delimited(b"\x32", items)
+    return _length_delimited(b"\x1a", str(value).encode())

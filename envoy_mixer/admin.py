@@ -32,11 +32,15 @@ def build_admin_app(
     describe_config: Callable[[], Any],
     last_error: Callable[[], Any],
     routes: Sequence[web.RouteDef] = (),
+    exposition: Callable[[CollectorRegistry], bytes] = generate_latest,
 ) -> web.Application:
-    """An aiohttp application serving the shared admin routes plus ``routes``."""
+    """An aiohttp application serving the shared admin routes plus ``routes``.
+
+    ``exposition`` renders ``/metrics`` (telemetry keeps Istio's label order with its own).
+    """
 
     async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(registry)
+        body = exposition(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from envoy_mixer.admin import build_admin_app
 from envoy_mixer.logs import log_event
@@ -52,6 +52,8 @@ class Service:
     ready: Callable[[], bool] = lambda: True
     #: gRPC server options (e.g. max connection age for stream rebalancing).
     grpc_options: Sequence[tuple[str, Any]] = field(default_factory=list)
+    #: Renders ``/metrics`` from ``registry`` (default: prometheus_client's text format).
+    exposition: Callable[[CollectorRegistry], bytes] = generate_latest
 
 
 @dataclass
@@ -130,6 +132,7 @@ async def start(service: Service, settings: ServerSettings) -> RunningService:
             else None
         ),
         routes=service.routes,
+        exposition=service.exposition,
     )
     runner = web.AppRunner(admin_app, access_log=None)
     await runner.setup()

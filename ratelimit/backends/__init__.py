@@ -1,4 +1,7 @@
-"""Counter backends behind one protocol: ``memory`` (embedded default) and ``redis``."""
+"""Counter backends behind one protocol: ``memory`` (embedded default) and ``redis``.
+
+``redis`` may take a second Redis for per-second limits (the reference's REDIS_PERSECOND_*).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +19,15 @@ def create_backend(
     redis_timeout: float = 0.25,
     redis_pool_size: int = 4,
     redis_prefix: str = "mixer:rl:",
+    expiration_jitter: int = 0,
+    per_second_url: str | None = None,
+    per_second_mode: str = "single",
+    per_second_pool_size: int = 4,
 ) -> Backend:
-    """The backend named ``kind`` (``memory`` or ``redis``)."""
+    """The backend named ``kind`` (``memory`` or ``redis``).
+
+    With ``per_second_url``, the redis backend keeps per-second limits on that second Redis.
+    """
     if kind == "memory":
         return MemoryBackend()
     if kind == "redis":
@@ -25,8 +35,17 @@ def create_backend(
 
         if not redis_url:
             raise ValueError("the redis backend needs --redis-url")
-        return RedisBackend(
+        main = RedisBackend(
             redis_url, mode=redis_mode, timeout=redis_timeout, pool_size=redis_pool_size,
-            prefix=redis_prefix,
+            prefix=redis_prefix, expiration_jitter=expiration_jitter,
         )
+        if not per_second_url:
+            return main
+        from ratelimit.backends.persecond import PerSecondSplit
+
+        return PerSecondSplit(main, RedisBackend(
+            per_second_url, mode=per_second_mode, timeout=redis_timeout,
+            pool_size=per_second_pool_size, prefix=redis_prefix,
+            expiration_jitter=expiration_jitter,
+        ))
     raise ValueError(f"unknown backend {kind!r} (memory or redis)")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -102,12 +103,18 @@ class RedisBackend:
         timeout: float = 0.25,
         pool_size: int = 4,
         prefix: str = "mixer:rl:",
+        expiration_jitter: int = 0,
+        rng: random.Random | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown redis mode {mode!r} (one of {', '.join(MODES)})")
         self.mode = mode
         self.timeout = timeout
         self.prefix = prefix
+        # EXPIRATION_JITTER_MAX_SECONDS: each fixed-window expiry gets 0..jitter-1 extra seconds,
+        # so keys written in one burst do not all expire in the same instant (the reference's).
+        self.expiration_jitter = max(0, expiration_jitter)
+        self._rng = rng or random.Random()
         self._healthy = True
         self._pending: list[_Waiter] = []
         self._flush_scheduled = False
@@ -193,6 +200,12 @@ class RedisBackend:
                 future.set_result(results[pos:end])
             pos = end
 
+    def _ttl(self, op: CounterOp) -> int:
+        """The expiry of a fixed-window op, with the configured jitter."""
+        if self.expiration_jitter:
+            return op.ttl + self._rng.randrange(self.expiration_jitter)
+        return op.ttl
+
     async def _run(self, ops: Sequence[CounterOp], client: RespClient) -> list[int]:
         prefix = self.prefix
         keys: list[bytes] = []
@@ -201,7 +214,7 @@ class RedisBackend:
             keys.append((prefix + op.key).encode())
             if op.prev_key is None:
                 args.append(b"%d" % op.addend)
-                args.append(b"%d" % op.ttl)
+                args.append(b"%d" % self._ttl(op))
                 args.append(b"-1")
                 args.append(b"0")
             else:
@@ -227,7 +240,7 @@ class RedisBackend:
         for op in ops:
             keys.append(prefix + op.key)
             if op.prev_key is None:
-                args += (op.addend, op.ttl, -1, 0)
+                args += (op.addend, self._ttl(op), -1, 0)
             else:
                 keys.append(prefix + op.prev_key)
                 args += (op.addend, op.ttl, repr(op.prev_weight), op.limit)

@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from envoy_mixer import __version__
+
 #: (module, description) of every subcommand provider, in ``--help`` order.
 COMMAND_MODULES: tuple[str, ...] = (
     "envoy_mixer.up",            # mixer up
@@ -29,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mixer",
         description="Istio's policy, quota and telemetry for any Envoy, without Kubernetes.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

@@ -2,8 +2,9 @@
 
 It starts the three services (policy from ``examples/policy.yaml``, limits from
 ``examples/ratelimit.yaml`` with in-memory counters unless ``--redis-url``, telemetry from
-``examples/telemetry.yaml``), two demo workloads (``frontend`` calling ``backend``) each behind
-its own sidecar Envoy, and an ingress gateway Envoy. Envoy configs are rendered by the same
+``examples/telemetry.yaml``; outside a source checkout, from an editable copy of the packaged
+examples, see ``find_examples``), two demo workloads (``frontend`` calling ``backend``) each
+behind its own sidecar Envoy, and an ingress gateway Envoy. Envoy configs are rendered by the same
 generator as ``mixer envoy-config`` into a run directory (``.mixer-run/``), with the rate-limit
 actions derived from the example limits.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -24,6 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -47,17 +50,77 @@ class UpError(MixerError):
     """``mixer up`` cannot start: a clear, user-facing reason."""
 
 
-def find_examples(explicit: Path | None) -> Path:
-    """The examples directory: ``--examples``, ``./examples``, or the source checkout's."""
-    candidates = [explicit] if explicit else [
-        Path.cwd() / "examples", Path(__file__).resolve().parents[1] / "examples",
-    ]
-    for path in candidates:
-        if path is not None and all((path / f).is_file() for f in EXAMPLE_FILES.values()):
-            return path
+def user_examples_dir() -> Path:
+    """Where ``mixer up`` keeps its editable copy of the packaged examples.
+
+    ``$XDG_CONFIG_HOME/envoy-mixer/examples`` (default ``~/.config/envoy-mixer/examples``): one
+    place per user, so edits survive whichever directory ``mixer up`` is run from.
+    """
+    base = os.environ.get("XDG_CONFIG_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".config")
+        except RuntimeError:  # no HOME and no passwd entry
+            raise UpError("cannot find your home directory; pass --examples DIR") from None
+    return Path(base) / "envoy-mixer" / "examples"
+
+
+def install_examples(target: Path) -> list[str]:
+    """Copy the packaged example files that ``target`` lacks into it; return the names copied.
+
+    A file already in ``target`` is never overwritten: it may hold the user's edits.
+    """
+    packaged = resources.files("envoy_mixer") / "examples"
+    copied: list[str] = []
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for name in EXAMPLE_FILES.values():
+            data = (packaged / name).read_bytes()
+            try:
+                # "x": create only, so a file appearing meanwhile is not clobbered either.
+                with (target / name).open("xb") as f:
+                    f.write(data)
+            except FileExistsError:
+                continue
+            copied.append(name)
+    except OSError as exc:
+        raise UpError(f"cannot copy the example files to {target}: {exc}; "
+                      "pass --examples DIR") from None
+    return copied
+
+
+def _has_examples(path: Path) -> bool:
+    return all((path / f).is_file() for f in EXAMPLE_FILES.values())
+
+
+def find_examples(
+    explicit: Path | None, *, cwd: Path | None = None, user_dir: Path | None = None,
+    out: TextIO | None = None,
+) -> Path:
+    """The examples directory ``mixer up`` serves and hot-reloads.
+
+    ``--examples DIR`` if given (it must hold the three files); else ``./examples`` when it
+    holds them (a source checkout); else ``user_dir`` (default ``user_examples_dir()``),
+    filled from the examples packaged with envoy-mixer on first use. Which one was picked,
+    and whether files were copied, is said on ``out``.
+    """
     wanted = ", ".join(EXAMPLE_FILES.values())
-    where = explicit or Path.cwd() / "examples"
-    raise UpError(f"no example files ({wanted}) in {where}; pass --examples DIR")
+    if explicit is not None:
+        if _has_examples(explicit):
+            return explicit
+        raise UpError(f"no example files ({wanted}) in {explicit}; pass --examples DIR")
+    local = (cwd or Path.cwd()) / "examples"
+    if _has_examples(local):
+        return local
+    target = user_dir or user_examples_dir()
+    copied = install_examples(target)
+    if out is not None:
+        if copied:
+            print(f"copied the example files ({', '.join(copied)}) to {target}: edit them "
+                  "there, they hot-reload", file=out, flush=True)
+        else:
+            print(f"using the example files in {target}", file=out, flush=True)
+    return target
 
 
 def check_examples(examples: Path) -> None:
@@ -404,7 +467,9 @@ def register(subparsers: Any) -> None:
                     "sidecars, and the authz, ratelimit and telemetry services.",
     )
     p.add_argument("--examples", type=Path, default=None, metavar="DIR",
-                   help="policy.yaml, ratelimit.yaml, telemetry.yaml (default ./examples)")
+                   help="policy.yaml, ratelimit.yaml, telemetry.yaml (default: ./examples, "
+                        "else an editable copy of the packaged examples in "
+                        "~/.config/envoy-mixer/examples)")
     p.add_argument("--port-base", type=int, default=None, metavar="N",
                    help="move every port to N+offset (default: ingress 8080, services on "
                         "their usual ports)")
@@ -424,7 +489,7 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     started = time.monotonic()
     with _terminate_on_sigterm():
         try:
-            examples = find_examples(args.examples)
+            examples = find_examples(args.examples, out=out)
             run = start_mesh(examples=examples, run_dir=args.run_dir.resolve(),
                              port_base=args.port_base, redis_url=args.redis_url,
                              timeout=args.timeout)

@@ -2,6 +2,8 @@
 
 This package holds the ``mixer`` CLI and the runtime the three services share: settings,
 JSON logging, config loading with line numbers, hot reload and the gRPC/admin server lifecycle.
+``python -m envoy_mixer`` is the ``mixer`` command; ``__version__`` is what ``mixer --version``
+prints (a test keeps it equal to pyproject's version).
 """
 
 from envoy_mixer.errors import ConfigError, ConfigErrors, MixerError

@@ -77,24 +77,6 @@ def test_bad_reload_keeps_old_config_and_counts(
     assert registry.get_sample_value("mixer_config_last_load_success", {"service": "test"}) == 0
 
 
-async def test_watch_applies_a_good_change(tmp_path: Path) -> None:
-    """Editing the file is picked up by the watcher without a restart."""
-    path = tmp_path / "c.yaml"
-    path.write_text("limit: 1\n")
-    reloader = _reloader(path, CollectorRegistry())
-    reloader.reload()
-    task = asyncio.create_task(reloader.watch())
-    try:
-        path.write_text("limit: 22\n")
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            if reloader.snapshot.get()["limit"] == 22:
-                break
-        assert reloader.snapshot.get() == {"limit": 22}
-    finally:
-        task.cancel()
-
-
 def test_log_lines_are_json(capsys: pytest.CaptureFixture[str]) -> None:
     """configure_logging emits one JSON object per event with its fields."""
     import sys
@@ -225,6 +207,22 @@ async def test_watcher_survives_any_loader_exception(
         assert reloader.snapshot.get() == {"limit": 3}
         assert reloader.last_error is None and _count(registry, "success") == 2
         assert polls.sleeps[:3] == [1.0, 0.25, 1.0]  # poll, settle, poll: all injected
+    finally:
+        polls.watcher.cancel()
+
+
+async def test_watch_applies_a_good_change(tmp_path: Path) -> None:
+    """Editing the file is picked up by the watcher's next poll without a restart."""
+    path = tmp_path / "c.yaml"
+    path.write_text("limit: 1\n")
+    polls = ManualPolls(interval=1.0)
+    reloader = _watched(path, CollectorRegistry(), lambda: _loader(path), polls)
+    reloader.reload()
+    polls.watcher = asyncio.create_task(reloader.watch())
+    try:
+        path.write_text("limit: 22\n")
+        await polls.poll()
+        assert reloader.snapshot.get() == {"limit": 22}
     finally:
         polls.watcher.cancel()
 

@@ -14,6 +14,7 @@ from envoy_mixer.reload import Reloader
 from envoy_mixer.service import Service
 from envoy_mixer.snapshot import Snapshot
 from telemetry.config import TelemetryConfig, default_config, load_config
+from telemetry.exposition import render
 from telemetry.pipeline import Pipeline
 from telemetry.server import SERVICE_NAME, AccessLogServicer, add_to_server
 
@@ -71,5 +72,6 @@ def build(config_path: Path | None, registry: CollectorRegistry | None = None) -
         routes=[web.get("/graph", graph)],
         tasks=[servicer.run_worker, upkeep],
         cleanup=[close],
+        exposition=render,  # Istio's label order on /metrics, not prometheus_client's sorted one
     )
     return Telemetry(service, snapshot, pipeline, servicer, registry)

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from envoy_mixer.errors import ConfigError, ConfigErrors
 from envoy_mixer.yamlsrc import SourceDoc, iter_documents, pydantic_errors
-from telemetry.labels import ISTIO_LABELS, MESSAGE_LABELS, TCP_LABELS
+from telemetry.labels import HTTP_LABELS, ISTIO_LABELS, MESSAGE_LABELS, TCP_LABELS
 
 #: Envoy's default histogram bounds, used by Istio for milliseconds and bytes alike.
 ENVOY_DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -75,14 +75,14 @@ class StandardMetric:
 
 
 STANDARD_METRICS: tuple[StandardMetric, ...] = (
-    StandardMetric("istio_requests_total", "REQUEST_COUNT", MetricKind.COUNTER, ISTIO_LABELS,
+    StandardMetric("istio_requests_total", "REQUEST_COUNT", MetricKind.COUNTER, HTTP_LABELS,
                    "Requests handled by an Envoy proxy."),
     StandardMetric("istio_request_duration_milliseconds", "REQUEST_DURATION",
-                   MetricKind.HISTOGRAM, ISTIO_LABELS, "Request duration in milliseconds.",
+                   MetricKind.HISTOGRAM, HTTP_LABELS, "Request duration in milliseconds.",
                    "duration_ms"),
-    StandardMetric("istio_request_bytes", "REQUEST_SIZE", MetricKind.HISTOGRAM, ISTIO_LABELS,
+    StandardMetric("istio_request_bytes", "REQUEST_SIZE", MetricKind.HISTOGRAM, HTTP_LABELS,
                    "Request size in bytes (wire bytes, headers included).", "bytes"),
-    StandardMetric("istio_response_bytes", "RESPONSE_SIZE", MetricKind.HISTOGRAM, ISTIO_LABELS,
+    StandardMetric("istio_response_bytes", "RESPONSE_SIZE", MetricKind.HISTOGRAM, HTTP_LABELS,
                    "Response size in bytes (wire bytes, headers included).", "bytes"),
     StandardMetric("istio_request_messages_total", "GRPC_REQUEST_MESSAGES", MetricKind.COUNTER,
                    MESSAGE_LABELS, "gRPC messages sent by clients."),
@@ -366,7 +366,9 @@ def compile_model(model: TelemetryModel, doc: SourceDoc | None = None) -> Teleme
             entry = state[metric.name]
             if override.disabled is not None:
                 entry["disabled"] = override.disabled
-            for name, tag in override.tags.items():
+            # Sorted, as Istio's stats filter sorts an override's dimensions: labels it adds
+            # follow the standard ones in name order, whatever order the YAML lists them in.
+            for name, tag in sorted(override.tags.items()):
                 if tag.operation == "REMOVE":
                     entry["labels"].pop(name, None)
                 else:

@@ -68,6 +68,10 @@ class HttpEntry:
     #: gRPC message counts from the grpc_stats filter state, when logged.
     grpc_request_messages: int | None = None
     grpc_response_messages: int | None = None
+    #: The upstream cluster's service (Istio's ``istio.services[0]`` cluster metadata, when
+    #: the logger logs it): ``host`` and ``name``, ``""`` when absent.
+    service_host: str = ""
+    service_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,9 @@ class TcpEntry:
     upstream_remote_address: str = ""
     tls: TlsInfo | None = None
     peer_state: Mapping[str, Any] | None = None
+    #: As on HttpEntry: the upstream cluster's service from its metadata, ``""`` when absent.
+    service_host: str = ""
+    service_name: str = ""
 
 
 Entry = HttpEntry | TcpEntry

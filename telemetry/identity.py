@@ -32,6 +32,9 @@ PEER_METADATA_ID_HEADER = "x-mixer-peer-metadata-id"
 #: Where the shipped gateways/outbound sidecars stash the peer response headers they strip
 #: from the client's response (Envoy dynamic metadata, copied into every ALS entry).
 PEER_STASH_NAMESPACE = "mixer.peer_response"
+#: The access-log custom tag carrying the upstream cluster's ``istio.services`` metadata
+#: (Istio's per-cluster service list, JSON): where destination_service comes from, as in Istio.
+SERVICES_TAG = "istio.services"
 
 _CANONICAL_NAME_LABELS = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
 _CANONICAL_REVISION_LABELS = (

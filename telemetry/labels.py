@@ -52,10 +52,51 @@ ISTIO_LABELS: tuple[str, ...] = (
     "response_code",
     "grpc_response_status",
 )
-#: TCP metrics: everything but response_code and grpc_response_status.
-TCP_LABELS: tuple[str, ...] = ISTIO_LABELS[:23]
-#: gRPC message counters: reporter plus the 19 source_/destination_ labels.
-MESSAGE_LABELS: tuple[str, ...] = ISTIO_LABELS[:20]
+
+# Exposition order. Envoy prints a stat's tags in the order the stats filter appended them
+# (istio_stats.cc ``populatePeerInfo`` then ``log``/``reportHelper``), which differs from
+# ``all_tags_`` above; Prometheus ignores order, but a line-for-line comparison with Istio's
+# ``/stats/prometheus`` does not. ISTIO_LABELS stays the order of the 25 computed values.
+
+#: gRPC message counters: reporter plus the 19 source_/destination_ labels, in Istio's order.
+MESSAGE_LABELS: tuple[str, ...] = (
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+)
+#: Request metrics (count, duration, sizes): all 25, in Istio's exposition order.
+HTTP_LABELS: tuple[str, ...] = (
+    *MESSAGE_LABELS,
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+)
+#: TCP metrics: everything but response_code and grpc_response_status, in Istio's order.
+TCP_LABELS: tuple[str, ...] = (
+    *MESSAGE_LABELS,
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+)
 
 #: ALS ``ResponseFlags`` field -> Envoy's short code, in Envoy's order.
 RESPONSE_FLAG_CODES: tuple[tuple[str, str], ...] = (
@@ -138,22 +179,33 @@ def cluster_service(cluster: str) -> str:
     return parts[3] if len(parts) == 4 else ""
 
 
-def authority_host(authority: str) -> str:
-    """``host:port`` / ``[v6]:port`` -> host, lower-cased."""
-    host = authority.strip().lower()
-    if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
-    if host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    return host
+#: Istio's catch-all clusters and routes: their name is the destination_service_name.
+_SPECIAL_CLUSTERS = frozenset({
+    "BlackHoleCluster", "PassthroughCluster",
+    "InboundPassthroughClusterIpv4", "InboundPassthroughClusterIpv6",
+})
+_SPECIAL_ROUTES = {"block_all": "BlackHoleCluster", "allow_any": "PassthroughCluster"}
 
 
-def _service_namespace(host: str) -> str:
-    # name.namespace.svc.<domain> is the Kubernetes service form; anything else has no namespace.
-    parts = host.split(".")
-    if len(parts) >= 3 and parts[2] == "svc":
-        return parts[1]
-    return ""
+def service_of(
+    cluster: str, route_name: str, service_host: str, service_name: str, authority: str,
+) -> tuple[str, str]:
+    """``(destination_service, destination_service_name)`` as Istio's stats filter picks them.
+
+    The Host/``:authority`` header, verbatim (port included), is the fallback for both
+    (``authority`` is ``""`` when the fallback is off or for TCP). The cluster's service wins
+    over it: its metadata (``service_host``/``service_name``, Istio's ``istio.services[0]``), or
+    the host in our ``outbound|port||host`` cluster names; the name defaults to the host's first
+    DNS label. The catch-all clusters/routes name themselves. ``""`` where nothing applies.
+    """
+    host = name = authority
+    special = _SPECIAL_ROUTES.get(route_name) or (cluster if cluster in _SPECIAL_CLUSTERS else "")
+    if special:
+        return host, special
+    service_host = service_host or cluster_service(cluster)
+    if service_host:
+        return service_host, service_name or service_host.split(".", 1)[0]
+    return host, name
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,20 +238,27 @@ def _values(
     reporter: str,
     src: WorkloadIdentity,
     dst: WorkloadIdentity,
-    service: str,
-    service_namespace: str,
+    service: tuple[str, str],
     protocol: str,
     flags: str,
     policy: str,
     code: str,
     grpc_status: str,
 ) -> tuple[str, ...]:
-    service_name = service.split(".", 1)[0] if service and service != UNKNOWN else UNKNOWN
+    host, name = service
+    if reporter == REPORTER_SOURCE:
+        # Client side: the peer's namespace (SAN, then peer metadata), never the host's.
+        host, name, namespace = host or UNKNOWN, name or UNKNOWN, dst.namespace
+    else:
+        # Server side: the local workload stands in for a service nobody named.
+        host = host or dst.canonical_service
+        name = name or dst.canonical_service
+        namespace = dst.namespace
     return (
         reporter,
         *_side(src), src.canonical_service, src.canonical_revision, src.cluster,
         *_side(dst),
-        service or UNKNOWN, service_name, service_namespace or UNKNOWN,
+        host, name, namespace or UNKNOWN,
         dst.canonical_service, dst.canonical_revision, dst.cluster,
         protocol, flags, policy, code, grpc_status,
     )
@@ -230,13 +289,9 @@ def http_label_values(
     inbound = reporter == REPORTER_DESTINATION
     peer = _peer(entry.request_headers if inbound else entry.response_headers, entry.peer_state)
     src, dst, policy = _sides(reporter, node, peer, entry.tls)
-    service = cluster_service(entry.upstream_cluster)
-    if not service and options.host_header_fallback and entry.authority:
-        service = authority_host(entry.authority)
-    if inbound:
-        service_ns = node.workload.namespace
-    else:
-        service_ns = _service_namespace(service) or peer.namespace
+    service = service_of(
+        entry.upstream_cluster, entry.route_name, entry.service_host, entry.service_name,
+        entry.authority if options.host_header_fallback else "")
     content_type = entry.request_headers.get("content-type", "")
     grpc = content_type.startswith("application/grpc")
     grpc_status = ""
@@ -249,7 +304,7 @@ def http_label_values(
         if not grpc_status and entry.response_code not in (0, 200):
             grpc_status = str(_HTTP_TO_GRPC.get(entry.response_code, 2))
     return _values(
-        reporter, src, dst, service, service_ns, "grpc" if grpc else "http",
+        reporter, src, dst, service, "grpc" if grpc else "http",
         entry.response_flags, policy, str(entry.response_code), grpc_status,
     )
 
@@ -259,12 +314,10 @@ def tcp_label_values(
 ) -> tuple[str, ...]:
     """The 25 label values of a TCP entry (the last two, absent on TCP metrics, are ``""``)."""
     reporter = reporter_of(entry.upstream_cluster, entry.route_name, node)
-    inbound = reporter == REPORTER_DESTINATION
     peer = workload_from_peer_state(entry.peer_state) if entry.peer_state else UNKNOWN_WORKLOAD
     src, dst, policy = _sides(reporter, node, peer, entry.tls)
-    service = cluster_service(entry.upstream_cluster)
-    service_ns = node.workload.namespace if inbound else (
-        _service_namespace(service) or peer.namespace)
+    service = service_of(
+        entry.upstream_cluster, entry.route_name, entry.service_host, entry.service_name, "")
     return _values(
-        reporter, src, dst, service, service_ns, "tcp", entry.response_flags, policy, "", "",
+        reporter, src, dst, service, "tcp", entry.response_flags, policy, "", "",
     )

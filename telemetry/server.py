@@ -11,6 +11,7 @@ load balancer gets its share.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
@@ -29,7 +30,13 @@ from envoy_mixer.logs import log_event
 from envoy_mixer.snapshot import Snapshot
 from telemetry.config import TelemetryConfig
 from telemetry.entries import HttpEntry, TcpEntry, TcpEvent, TlsInfo
-from telemetry.identity import PEER_STASH_NAMESPACE, UNKNOWN_NODE, NodeIdentity, node_identity
+from telemetry.identity import (
+    PEER_STASH_NAMESPACE,
+    SERVICES_TAG,
+    UNKNOWN_NODE,
+    NodeIdentity,
+    node_identity,
+)
 from telemetry.labels import short_flags
 from telemetry.pipeline import Pipeline
 
@@ -112,6 +119,26 @@ def _filter_state(common: accesslog_pb2.AccessLogCommon) -> tuple[
     return peer, grpc_counts
 
 
+def _cluster_service(common: accesslog_pb2.AccessLogCommon) -> tuple[str, str]:
+    """``(host, name)`` of ``istio.services[0]`` from the ``istio.services`` custom tag.
+
+    Envoy renders the cluster's metadata list as JSON; anything else (tag absent, not
+    configured, not a list of mappings) means the cluster names no service.
+    """
+    text = common.custom_tags.get(SERVICES_TAG)
+    if not text:
+        return "", ""
+    try:
+        services = json.loads(text)
+    except ValueError:
+        return "", ""
+    if not isinstance(services, list) or not services or not isinstance(services[0], dict):
+        return "", ""
+    first = services[0]
+    host, name = first.get("host"), first.get("name")
+    return (host if isinstance(host, str) else "", name if isinstance(name, str) else "")
+
+
 def _response_headers(common: Any, response: Any) -> dict[str, str]:
     """Logged response headers, plus the peer headers the proxy stripped into metadata."""
     headers = dict(response.response_headers)
@@ -130,6 +157,7 @@ def http_entry(pb: accesslog_pb2.HTTPAccessLogEntry) -> HttpEntry:
     duration = _ms(common.duration) or _ms(common.time_to_last_downstream_tx_byte)
     start = common.start_time
     peer, grpc_counts = _filter_state(common)
+    service_host, service_name = _cluster_service(common)
     return HttpEntry(
         upstream_cluster=common.upstream_cluster,
         route_name=common.route_name,
@@ -158,6 +186,8 @@ def http_entry(pb: accesslog_pb2.HTTPAccessLogEntry) -> HttpEntry:
         peer_state=peer,
         grpc_request_messages=grpc_counts[0] if grpc_counts else None,
         grpc_response_messages=grpc_counts[1] if grpc_counts else None,
+        service_host=service_host,
+        service_name=service_name,
     )
 
 
@@ -166,6 +196,7 @@ def tcp_entry(pb: accesslog_pb2.TCPAccessLogEntry) -> TcpEntry:
     common = pb.common_properties
     start = common.start_time
     peer, _ = _filter_state(common)
+    service_host, service_name = _cluster_service(common)
     return TcpEntry(
         event=_TCP_EVENTS.get(common.access_log_type, TcpEvent.CLOSE),
         upstream_cluster=common.upstream_cluster,
@@ -180,6 +211,8 @@ def tcp_entry(pb: accesslog_pb2.TCPAccessLogEntry) -> TcpEntry:
         upstream_remote_address=_address(common.upstream_remote_address),
         tls=_tls(common),
         peer_state=peer,
+        service_host=service_host,
+        service_name=service_name,
     )
 
 

@@ -66,9 +66,10 @@ def test_overrides_disable_remove_add_and_rebucket(tmp_path: Path) -> None:
     requests = config.metric("istio_requests_total")
     assert requests is not None
     assert "destination_version" not in requests.label_names
-    assert requests.label_names[-2:] == ("request_host", "mesh_id")
-    assert requests.label_sources[-2:] == (LabelSource("request_header", "host"),
-                                           LabelSource("node_metadata", "MESH_ID"))
+    # Added labels follow the standard ones sorted by name, as Istio orders dimensions.
+    assert requests.label_names[-2:] == ("mesh_id", "request_host")
+    assert requests.label_sources[-2:] == (LabelSource("node_metadata", "MESH_ID"),
+                                           LabelSource("request_header", "host"))
     assert requests.picker is None  # added labels take the slow path
     duration = config.metric("istio_request_duration_milliseconds")
     assert duration is not None and duration.buckets == (1, 2, 3)

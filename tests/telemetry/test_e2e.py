@@ -44,6 +44,8 @@ BACKEND_META = {
                "service.istio.io/canonical-revision": "v2"},
 }
 BACKEND_ID = "sidecar~127.0.0.1~backend-0.default~default.svc.cluster.local"
+#: The backend's inbound clusters' istio.services entry (the shipped file names the frontend).
+BACKEND_SERVICE = {"host": SERVICE, "name": "backend", "namespace": "default"}
 
 # Istio's label sets, written out here on purpose: this pins names and order-free sets.
 PEER_LABELS = {
@@ -138,6 +140,8 @@ def _render(base: dict[str, Any], *, admin: int, listeners: dict[str, int],
             elif "context_extensions" in item:
                 item["context_extensions"] = {"namespace": "default", "label.app": "backend",
                                               "label.version": "v2"}
+            elif "services" in item:
+                item["services"] = [BACKEND_SERVICE]
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -247,6 +251,11 @@ async def test_istio_metrics_from_two_real_sidecars(
                 async with session.get(url + path) as resp:
                     codes.append(resp.status)
         assert codes == [200, 200, 200, 503, 403]
+        # Straight to the backend's inbound listener, Host 127.0.0.1:PORT, and denied: no
+        # upstream cluster, so destination_service falls back to the Host header, verbatim.
+        async with aiohttp.ClientSession() as session, session.get(
+                f"http://127.0.0.1:{ports['b_in_http']}/denied") as resp:
+            assert resp.status == 403
         async with grpc.aio.insecure_channel(
                 f"127.0.0.1:{ports['a_out_http']}",
                 options=[("grpc.default_authority", f"{SERVICE}:9090")]) as channel:
@@ -260,7 +269,7 @@ async def test_istio_metrics_from_two_real_sidecars(
         writer.close()
         await writer.wait_closed()
 
-        # --- wait for both sidecars' entries: 6 HTTP entries each, TCP open+close each
+        # --- wait for both sidecars' entries: 6 HTTP entries each (+1 direct), TCP open+close
         registry = telemetry.registry
         for _ in range(200):
             http = registry.get_sample_value(
@@ -268,10 +277,11 @@ async def test_istio_metrics_from_two_real_sidecars(
             closed = sum(
                 registry.get_sample_value("istio_tcp_connections_closed_total", labels) or 0
                 for labels in _tcp_series())
-            if http >= 12 and closed >= 2:
+            if http >= 13 and closed >= 2:
                 break
             await asyncio.sleep(0.05)
-        samples = _samples(await _scrape(running.admin_port))
+        text = await _scrape(running.admin_port)
+        samples = _samples(text)
         graph = json.loads(await _scrape(running.admin_port, "/graph"))
     finally:
         await running.stop(0)
@@ -303,12 +313,37 @@ async def test_istio_metrics_from_two_real_sidecars(
     assert _value(samples, "istio_requests_total", {**dest, "response_code": "503"}) == 1
     assert _value(samples, "istio_request_duration_milliseconds_count",
                   {**dest, "response_code": "200"}) == 3
-    # The ext_authz denial: 403 with Envoy's UAEX flag where it happened.
+    # The ext_authz denial: 403 with Envoy's UAEX flag where it happened. Envoy logs no
+    # upstream cluster for it, so the service is the Host header, verbatim for the name too.
     assert _value(samples, "istio_requests_total",
-                  {**dest, "response_code": "403", "response_flags": "UAEX"}) == 1
+                  {**dest, "response_code": "403", "response_flags": "UAEX",
+                   "destination_service_name": SERVICE}) == 1
     denied_at_source = [v for lbls, v in samples["istio_requests_total"]
                         if lbls["reporter"] == "source" and lbls["response_code"] == "403"]
     assert denied_at_source == [1]
+
+    # The Host-header fallback keeps host:port, for the service and its name (as Istio).
+    host = f"127.0.0.1:{ports['b_in_http']}"
+    direct = {**_series("destination", UNKNOWN, BACKEND, request_protocol="http",
+                        response_flags="UAEX", connection_security_policy="none",
+                        grpc_response_status="", response_code="403"),
+              "destination_service": host, "destination_service_name": host}
+    assert _value(samples, "istio_requests_total", direct) == 1
+
+    # The exposition line itself: Istio's label order, not alphabetical.
+    assert (
+        'istio_tcp_connections_opened_total{reporter="destination",source_workload="unknown",'
+        'source_canonical_service="unknown",source_canonical_revision="latest",'
+        'source_workload_namespace="unknown",source_principal="unknown",source_app="unknown",'
+        'source_version="unknown",source_cluster="unknown",destination_workload="backend",'
+        'destination_workload_namespace="default",destination_principal="unknown",'
+        'destination_app="backend",destination_version="v2",'
+        'destination_service="backend.default.svc.cluster.local",'
+        'destination_canonical_service="backend",destination_canonical_revision="v2",'
+        'destination_service_name="backend",destination_service_namespace="default",'
+        'destination_cluster="Kubernetes",request_protocol="tcp",response_flags="-",'
+        'connection_security_policy="none"} 1.0'
+    ) in text.splitlines()
 
     # gRPC: protocol, status and message counts on both sides.
     for reporter, policy in (("source", "unknown"), ("destination", "none")):
@@ -330,13 +365,12 @@ async def test_istio_metrics_from_two_real_sidecars(
     assert edges[("frontend.default", "backend.default", "grpc")]["requests"] == 1
     assert {n["id"] for n in graph["nodes"]} >= {"frontend.default", "backend.default"}
 
-    # TCP: no metadata exchange without mTLS, so the peer is unknown (as in Istio).
-    tcp_source = _series("source", FRONTEND, UNKNOWN, request_protocol="tcp",
-                         response_flags="-", connection_security_policy="unknown")
-    tcp_dest = _series("destination", UNKNOWN, BACKEND, request_protocol="tcp",
-                       response_flags="-", connection_security_policy="none")
-    tcp_dest["destination_service"] = "unknown"
-    tcp_dest["destination_service_name"] = "unknown"
+    # TCP: no metadata exchange without mTLS, so the peer is unknown (as in Istio): the client
+    # side's destination_service_namespace is the (unknown) peer's; the server side's
+    # destination_service is the inbound cluster's service (its istio.services metadata).
+    tcp_source, tcp_dest = _tcp_series()
+    assert tcp_source["destination_service_namespace"] == "unknown"
+    assert tcp_dest["destination_service"] == SERVICE
     for series in (tcp_source, tcp_dest):
         assert _value(samples, "istio_tcp_connections_opened_total", series) == 1
         assert _value(samples, "istio_tcp_connections_closed_total", series) == 1
@@ -347,10 +381,9 @@ async def test_istio_metrics_from_two_real_sidecars(
 def _tcp_series() -> list[dict[str, str]]:
     source = _series("source", FRONTEND, UNKNOWN, request_protocol="tcp", response_flags="-",
                      connection_security_policy="unknown")
+    source["destination_service_namespace"] = "unknown"
     dest = _series("destination", UNKNOWN, BACKEND, request_protocol="tcp", response_flags="-",
                    connection_security_policy="none")
-    dest["destination_service"] = "unknown"
-    dest["destination_service_name"] = "unknown"
     return [source, dest]
 
 

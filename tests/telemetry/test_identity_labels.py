@@ -15,9 +15,10 @@ from telemetry.identity import (
 )
 from telemetry.labels import (
     ISTIO_LABELS,
-    authority_host,
+    LabelOptions,
     http_label_values,
     reporter_of,
+    service_of,
     short_flags,
     tcp_label_values,
 )
@@ -89,11 +90,32 @@ def test_short_flags_in_envoy_order() -> None:
     assert short_flags(["rate_limited"]) == "RL"
 
 
-def test_authority_host() -> None:
-    """Ports and IPv6 brackets are stripped from the Host header."""
-    assert authority_host("Backend.shop:8080") == "backend.shop"
-    assert authority_host("[::1]:80") == "::1"
-    assert authority_host("plain") == "plain"
+def test_service_of_keeps_the_host_header_verbatim() -> None:
+    """The Host fallback is the header as sent, port included, for service and name alike."""
+    assert service_of("inbound|8080||", "", "", "", "127.0.0.1:18080") == (
+        "127.0.0.1:18080", "127.0.0.1:18080")
+    assert service_of("inbound|8080||", "", "", "", "Backend.shop:8080") == (
+        "Backend.shop:8080", "Backend.shop:8080")
+    assert service_of("inbound|8080||", "", "", "", "") == ("", "")
+
+
+def test_service_of_prefers_the_cluster_service() -> None:
+    """Cluster metadata, then the outbound cluster name, win over Host; name = first label."""
+    assert service_of("inbound|9000||", "", "db.shop.svc.cluster.local", "", "x:1") == (
+        "db.shop.svc.cluster.local", "db")
+    assert service_of("inbound|9000||", "", "db.shop.svc.cluster.local", "database", "") == (
+        "db.shop.svc.cluster.local", "database")
+    assert service_of("outbound|80||web.shop.svc.cluster.local", "", "", "", "x:1") == (
+        "web.shop.svc.cluster.local", "web")
+
+
+def test_service_of_catch_all_clusters_name_themselves() -> None:
+    """Istio's BlackHole/Passthrough clusters and routes are the service name; Host stays."""
+    assert service_of("PassthroughCluster", "", "", "", "api.example.com") == (
+        "api.example.com", "PassthroughCluster")
+    assert service_of("", "block_all", "", "", "") == ("", "BlackHoleCluster")
+    assert service_of("InboundPassthroughClusterIpv4", "", "", "", "") == (
+        "", "InboundPassthroughClusterIpv4")
 
 
 def test_server_side_labels_with_peer_header_and_mtls(
@@ -102,7 +124,7 @@ def test_server_side_labels_with_peer_header_and_mtls(
     """reporter=destination: source from header + SAN, mutual_tls when both SANs present."""
     entry = HttpEntry(
         upstream_cluster="inbound|8080||", authority="backend.shop.svc.cluster.local:8080",
-        response_code=200,
+        service_host="backend.shop.svc.cluster.local", response_code=200,
         request_headers={"x-mixer-peer-metadata": frontend_header,
                          "content-type": "application/grpc"},
         response_trailers={"grpc-status": "5"},
@@ -125,7 +147,7 @@ def test_server_side_labels_with_peer_header_and_mtls(
 
 
 def test_client_side_labels_unknown_peer(frontend: NodeIdentity) -> None:
-    """reporter=source without a peer header: destination_* unknown, service from cluster."""
+    """reporter=source without a peer header: destination_* (service namespace too) unknown."""
     entry = HttpEntry(upstream_cluster="outbound|8080||backend.shop.svc.cluster.local",
                       authority="ignored:80", response_code=0, response_flags="UF,URX")
     labels = _labels(http_label_values(entry, frontend))
@@ -134,7 +156,7 @@ def test_client_side_labels_unknown_peer(frontend: NodeIdentity) -> None:
     assert labels["destination_workload"] == "unknown"
     assert labels["destination_canonical_revision"] == "latest"
     assert labels["destination_service"] == "backend.shop.svc.cluster.local"
-    assert labels["destination_service_namespace"] == "shop"
+    assert labels["destination_service_namespace"] == "unknown"  # the peer's, as in Istio
     assert labels["connection_security_policy"] == "unknown"
     assert (labels["response_code"], labels["response_flags"]) == ("0", "UF,URX")
     assert (labels["request_protocol"], labels["grpc_response_status"]) == ("http", "")
@@ -158,14 +180,54 @@ def test_peer_filter_state_is_used(frontend: NodeIdentity) -> None:
 
 
 def test_host_header_fallback_can_be_off(backend: NodeIdentity) -> None:
-    """With the fallback off, an inbound entry's destination_service is unknown."""
-    from telemetry.labels import LabelOptions
-
-    entry = HttpEntry(upstream_cluster="inbound|8080||", authority="evil-1234.example")
+    """Fallback off: a server-side entry naming no service reports the local canonical name."""
+    entry = HttpEntry(upstream_cluster="inbound|8080||", authority="evil-1234.example:80")
     on = _labels(http_label_values(entry, backend))
     off = _labels(http_label_values(entry, backend, LabelOptions(host_header_fallback=False)))
-    assert on["destination_service"] == "evil-1234.example"
-    assert (off["destination_service"], off["destination_service_name"]) == ("unknown", "unknown")
+    assert (on["destination_service"], on["destination_service_name"]) == (
+        "evil-1234.example:80", "evil-1234.example:80")
+    assert (off["destination_service"], off["destination_service_name"]) == (
+        "backend", "backend")
+
+
+def test_client_side_host_fallback_and_peer_namespace(
+    frontend: NodeIdentity, backend_header: str
+) -> None:
+    """Client side: Host verbatim when the cluster names no service; namespace from the peer."""
+    entry = HttpEntry(upstream_cluster="PassthroughCluster", authority="api.example.com:443",
+                      response_headers={"x-mixer-peer-metadata": backend_header})
+    labels = _labels(http_label_values(entry, frontend))
+    assert (labels["destination_service"], labels["destination_service_name"],
+            labels["destination_service_namespace"]) == (
+        "api.example.com:443", "PassthroughCluster", "shop")
+    bare = _labels(http_label_values(HttpEntry(upstream_cluster="outbound|80||"), frontend))
+    assert (bare["destination_service"], bare["destination_service_name"],
+            bare["destination_service_namespace"]) == ("unknown", "unknown", "unknown")
+
+
+def test_inbound_tcp_service_from_cluster_metadata(backend: NodeIdentity) -> None:
+    """Inbound TCP: destination_service from the inbound cluster's service, ns the local one."""
+    entry = TcpEntry(event=TcpEvent.CLOSE, upstream_cluster="inbound|9000||",
+                     service_host="backend.shop.svc.cluster.local", service_name="backend")
+    labels = _labels(tcp_label_values(entry, backend))
+    assert (labels["reporter"], labels["destination_service"],
+            labels["destination_service_name"], labels["destination_service_namespace"]) == (
+        "destination", "backend.shop.svc.cluster.local", "backend", "shop")
+    bare = _labels(tcp_label_values(
+        TcpEntry(event=TcpEvent.CLOSE, upstream_cluster="inbound|9000||"), backend))
+    assert (bare["destination_service"], bare["destination_service_name"]) == (
+        "backend", "backend")
+
+
+def test_outbound_tcp_to_unknown_peer_has_unknown_service_namespace(
+    frontend: NodeIdentity,
+) -> None:
+    """A client TCP connection to an unknown peer: destination_service_namespace unknown."""
+    entry = TcpEntry(event=TcpEvent.CLOSE,
+                     upstream_cluster="outbound|9000||backend.default.svc.cluster.local")
+    labels = _labels(tcp_label_values(entry, frontend))
+    assert (labels["destination_service"], labels["destination_service_namespace"]) == (
+        "backend.default.svc.cluster.local", "unknown")
 
 
 def test_tcp_labels(frontend: NodeIdentity) -> None:

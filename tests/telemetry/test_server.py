@@ -28,6 +28,10 @@ BACKEND_META = {
 }
 
 
+SERVICES_JSON = (
+    '[{"host":"backend.shop.svc.cluster.local","name":"backend","namespace":"shop"}]')
+
+
 def _identifier(node_id: str, meta: dict[str, object], log_name: str = "inbound"):
     node = base_pb2.Node(id=node_id, cluster="backend.shop")
     node.metadata.CopyFrom(json_format.ParseDict(meta, struct_pb2.Struct()))
@@ -41,6 +45,8 @@ def _http(code: int, cluster: str = "inbound|8080||", **request_headers: str):
     entry.common_properties.downstream_wire_bytes_received = 120
     entry.common_properties.downstream_wire_bytes_sent = 340
     entry.request.authority = "backend.shop.svc.cluster.local:8080"
+    # The inbound cluster's istio.services metadata, as Envoy's custom tag renders it.
+    entry.common_properties.custom_tags["istio.services"] = SERVICES_JSON
     entry.request.request_method = base_pb2.GET
     for k, v in request_headers.items():
         entry.request.request_headers[k.replace("_", "-")] = v

@@ -33,6 +33,14 @@ class RateLimitSettings:
     redis_timeout: float = 0.25
     redis_pool_size: int = 4
     redis_prefix: str = "mixer:rl:"
+    #: A second Redis for per-second limits (the reference's REDIS_PERSECOND_*).
+    per_second_url: str | None = None
+    per_second_mode: str = "single"
+    per_second_pool_size: int = 4
+    #: EXPIRATION_JITTER_MAX_SECONDS: up to this many extra seconds on each key's expiry.
+    expiration_jitter: int = 0
+    #: MERGE_DOMAIN_CONFIG: one domain may span several files.
+    merge_domains: bool = False
     reload_interval: float = 0.5
     limiter: LimiterSettings = field(default_factory=LimiterSettings)
 
@@ -58,7 +66,7 @@ def build(settings: RateLimitSettings, registry: CollectorRegistry | None = None
 
     def load() -> RateLimitConfig:
         try:
-            config = load_config(settings.config)
+            config = load_config(settings.config, merge_domains=settings.merge_domains)
         except ConfigError:
             metrics.config_load_error.inc()
             raise
@@ -72,7 +80,9 @@ def build(settings: RateLimitSettings, registry: CollectorRegistry | None = None
     backend = create_backend(
         settings.backend, redis_url=settings.redis_url, redis_mode=settings.redis_mode,
         redis_timeout=settings.redis_timeout, redis_pool_size=settings.redis_pool_size,
-        redis_prefix=settings.redis_prefix,
+        redis_prefix=settings.redis_prefix, expiration_jitter=settings.expiration_jitter,
+        per_second_url=settings.per_second_url, per_second_mode=settings.per_second_mode,
+        per_second_pool_size=settings.per_second_pool_size,
     )
     servicer = RateLimitServicer(Limiter(backend, settings.limiter), snapshot, metrics)
 
@@ -80,12 +90,20 @@ def build(settings: RateLimitSettings, registry: CollectorRegistry | None = None
         return {
             "backend": backend.name,
             "redis": getattr(backend, "url", None),
+            "redis_per_second": getattr(backend, "per_second_url", None),
             "settings": {
                 "shadow_mode": settings.limiter.shadow_mode,
                 "near_limit_ratio": settings.limiter.near_limit_ratio,
                 "local_cache": settings.limiter.local_cache,
                 "response_headers": settings.limiter.response_headers,
                 "redis_timeout": settings.redis_timeout,
+                "redis_prefix": settings.redis_prefix,
+                "quota_mode": settings.limiter.quota_mode,
+                "stop_increment_when_over_limit":
+                    settings.limiter.stop_increment_when_over_limit,
+                "response_dynamic_metadata": settings.limiter.response_dynamic_metadata,
+                "merge_domains": settings.merge_domains,
+                "expiration_jitter": settings.expiration_jitter,
             },
             "domains": snapshot.get().describe() if snapshot.loaded else None,
         }

@@ -15,6 +15,7 @@ from extauthz.jwt import Authenticator, JwksCache
 from extauthz.metrics import AuthzMetrics
 from extauthz.policy import PolicySet, load_policies
 from extauthz.server import SERVICE_NAME, AuthorizationServicer, add_to_server
+from extauthz.trustdomain import TrustDomains
 
 
 def build_service(
@@ -26,6 +27,7 @@ def build_service(
     jwks_refresh: float = 600.0,
     registry: CollectorRegistry | None = None,
     reload_interval: float = 0.5,
+    trust_domains: TrustDomains | None = None,
 ) -> Service:
     """Everything ``envoy_mixer.service.run``/``start`` needs to serve ext_authz."""
     registry = registry or CollectorRegistry()
@@ -49,7 +51,8 @@ def build_service(
     reloader: Reloader[PolicySet] = Reloader(
         service="authz", paths=[policy],
         load=lambda: load_policies(policy, default_namespace=default_namespace,
-                                   root_namespace=root_namespace),
+                                   root_namespace=root_namespace,
+                                   trust_domains=trust_domains),
         snapshot=snapshot, registry=registry, interval=reload_interval, on_swap=prefetch,
     )
     servicer = AuthorizationServicer(snapshot, metrics, Authenticator(cache),

@@ -39,7 +39,8 @@ class RequestSpec(BaseModel):
     method: str = "GET"
     path: str = "/"
     host: str = ""
-    headers: dict[str, str] = {}
+    #: A list value is a header sent on several lines.
+    headers: dict[str, str | list[str]] = {}
     source_principal: str | None = Field(None, alias="sourcePrincipal")
     source_ip: str | None = Field(None, alias="sourceIp")
     destination_ip: str | None = Field(None, alias="destinationIp")
@@ -51,7 +52,7 @@ class RequestSpec(BaseModel):
 
     def to_request(self) -> AuthzRequest:
         """The domain request (workload identity as context_extensions, like Envoy sends)."""
-        headers = {k.lower(): v for k, v in self.headers.items()}
+        headers: dict[str, str | list[str]] = {k.lower(): v for k, v in self.headers.items()}
         if self.jwt:
             headers["authorization"] = f"Bearer {self.jwt}"
         ext = {f"label.{k}": v for k, v in self.labels.items()}

@@ -47,6 +47,24 @@ def _policy_options(parser: argparse.ArgumentParser, *, dest: str, required: boo
         help="proxies in front of Envoy trusted to append X-Forwarded-For; remote.ip is the "
              "address N hops left of the direct peer (default 0: the peer itself)",
     )
+    parser.add_argument(
+        "--trust-domain", default=env_default(SERVICE, "trust-domain", "cluster.local"),
+        help="the mesh's trust domain (Istio meshConfig.trustDomain; default 'cluster.local'; "
+             "env MIXER_AUTHZ_TRUST_DOMAIN)",
+    )
+    parser.add_argument(
+        "--trust-domain-aliases", default=env_default(SERVICE, "trust-domain-aliases", ""),
+        metavar="TD[,TD...]",
+        help="aliases of the trust domain (meshConfig.trustDomainAliases): a principal naming "
+             "one of them matches all (env MIXER_AUTHZ_TRUST_DOMAIN_ALIASES)",
+    )
+
+
+def trust_domains_from(args: argparse.Namespace) -> Any:
+    """The ``TrustDomains`` the flags name."""
+    from extauthz.trustdomain import TrustDomains
+
+    return TrustDomains.parse(args.trust_domain, args.trust_domain_aliases)
 
 
 def register(subparsers: Any) -> None:
@@ -77,7 +95,8 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     explain.add_argument("--method", default="GET")
     explain.add_argument("--path", default="/", help="request path (a query is stripped)")
     explain.add_argument("--host", default="", help=":authority, e.g. httpbin.foo:8000")
-    explain.add_argument("--header", "-H", action="append", default=[], metavar="NAME:VALUE")
+    explain.add_argument("--header", "-H", action="append", default=[], metavar="NAME:VALUE",
+                         help="a request header line (repeat a name for several lines)")
     explain.add_argument("--source-principal", help="mTLS peer, e.g. "
                                                     "spiffe://cluster.local/ns/foo/sa/sleep")
     explain.add_argument("--source-ip")
@@ -103,7 +122,8 @@ def _load(args: argparse.Namespace) -> Any:
     from extauthz.policy import load_policies
 
     return load_policies(Path(args.sub_policy), default_namespace=args.default_namespace,
-                         root_namespace=args.root_namespace)
+                         root_namespace=args.root_namespace,
+                         trust_domains=trust_domains_from(args))
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -121,19 +141,20 @@ def serve_command(args: argparse.Namespace) -> int:
     return run(lambda: build_service(
         Path(args.policy), default_namespace=args.default_namespace,
         root_namespace=args.root_namespace, trusted_proxies=args.trusted_proxies,
-        jwks_refresh=args.jwks_refresh,
+        jwks_refresh=args.jwks_refresh, trust_domains=trust_domains_from(args),
     ), settings)
 
 
 def _request_from_flags(args: argparse.Namespace) -> Any:
     from extauthz.cases import RequestSpec
 
-    headers: dict[str, str] = {}
+    headers: dict[str, list[str]] = {}
     for item in args.header:
         name, sep, value = item.partition(":")
         if not sep or not name.strip():
             raise ValueError(f"--header expects NAME:VALUE, got {item!r}")
-        headers[name.strip().lower()] = value.strip()
+        # A repeated -H is a header sent on several lines (matched line by line, as Envoy).
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
     labels: dict[str, str] = {}
     for item in args.label:
         name, sep, value = item.partition("=")

@@ -250,11 +250,17 @@ def identity_from(claims: Mapping[str, Any], rule: JwtRule) -> AuthIdentity:
         if isinstance(value, str):
             shaped[name] = value.split()
     presenter = claims.get("azp")
+    # Istio matches azp as a string or as a list of strings (any element); keep both forms.
+    if isinstance(presenter, list):
+        presenters = tuple(v for v in presenter if isinstance(v, str))
+    else:
+        presenters = (presenter,) if isinstance(presenter, str) else ()
     return AuthIdentity(
         principal=f"{claims.get('iss', '')}/{claims.get('sub', '')}",
         claims=shaped,
         audiences=token_audiences(claims),
         presenter=presenter if isinstance(presenter, str) else None,
+        presenters=presenters,
     )
 
 

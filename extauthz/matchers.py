@@ -36,6 +36,8 @@ class AuthIdentity:
     claims: Mapping[str, Any]
     audiences: tuple[str, ...] = ()
     presenter: str | None = None
+    #: Every string ``azp`` value (a list ``azp`` is matched element-wise, as Istio does).
+    presenters: tuple[str, ...] = ()
 
 
 _UNSET: Any = object()
@@ -50,10 +52,10 @@ class Attributes:
     """
 
     __slots__ = (
-        "_destination_ip", "_path_lower", "_remote_ip", "_source_ip", "_source_namespace",
-        "auth", "auth_audiences", "auth_presenter", "auth_principal", "destination_port",
-        "headers", "host", "method", "path", "request", "sni", "source_principal",
-        "trusted_proxies",
+        "_destination_ip", "_path_lower", "_peer_names", "_remote_ip", "_source_ip",
+        "_source_namespace", "auth", "auth_audiences", "auth_presenter", "auth_presenters",
+        "auth_principal", "destination_port", "header_lines", "headers", "host", "method",
+        "path", "request", "sni", "source_principal", "trusted_proxies",
     )
 
     def __init__(
@@ -65,15 +67,20 @@ class Attributes:
         self.host = request.host.lower()
         self.path = request.path
         self.headers = request.headers
+        self.header_lines = request.header_lines
         self.destination_port = request.destination_port
         principal = request.source_principal
         # Istio writes principals without the scheme and matches them as spiffe://<value>.
         self.source_principal = principal.removeprefix("spiffe://") if principal else None
-        self.sni = request.sni
+        # Envoy lower-cases the SNI it hands RBAC's requested_server_name; the CheckRequest
+        # keeps the client's case, so fold it here or "API.EXAMPLE.COM" slips past a DENY.
+        self.sni = request.sni.lower() if request.sni else None
         self.auth = auth
         self.auth_principal = auth.principal if auth else None
         self.auth_audiences: tuple[str, ...] = auth.audiences if auth else ()
         self.auth_presenter = auth.presenter if auth else None
+        self.auth_presenters: tuple[str, ...] = auth.presenters if auth else ()
+        self._peer_names: Any = _UNSET
         self._source_ip: Any = _UNSET
         self._remote_ip: Any = _UNSET
         self._destination_ip: Any = _UNSET
@@ -82,11 +89,35 @@ class Attributes:
 
     @property
     def source_ip(self) -> IPAddress | None:
-        """The direct peer's address (``source.ip``)."""
+        """The physical peer's address (``source.ip``, Istio's ``direct_remote_ip``).
+
+        Envoy reports it apart from the connection's remote address only when the PROXY
+        protocol (or an original-source filter) replaced the latter; otherwise they agree.
+        """
         if self._source_ip is _UNSET:
-            self._source_ip = parse_ip(self.request.source_ip)
+            req = self.request
+            self._source_ip = parse_ip(req.direct_source_ip or req.source_ip)
         value: IPAddress | None = self._source_ip
         return value
+
+    @property
+    def peer_names(self) -> tuple[str, ...]:
+        """What RBAC's ``authenticated`` matcher tries: URI SANs, DNS SANs, the subject."""
+        if self._peer_names is _UNSET:
+            self._peer_names = self.request.peer_names()
+        value: tuple[str, ...] = self._peer_names
+        return value
+
+    @property
+    def auth_iss_sub(self) -> tuple[str, str] | None:
+        """The token's ``(iss, sub)`` when both are strings (what Istio's JWT matchers read)."""
+        auth = self.auth
+        if auth is None:
+            return None
+        iss, sub = auth.claims.get("iss"), auth.claims.get("sub")
+        if isinstance(iss, str) and isinstance(sub, str):
+            return iss, sub
+        return None
 
     @property
     def remote_ip(self) -> IPAddress | None:
@@ -189,6 +220,12 @@ class StringMatch:
     presence: bool
     templates: tuple[Template, ...] = ()
     ignore_case: bool = False
+    #: Further alternatives as one full-match regex (Istio's regex matchers, e.g. principals'
+    #: ``spiffe://.*<suffix>`` or namespaces' ``.*/ns/<ns>/.*``).
+    regex: re.Pattern[str] | None = None
+    #: ``*`` also accepts an empty value: a header's ``*`` is Envoy's ``present_match``,
+    #: where other fields' ``*`` is the regex ``.+``.
+    empty_ok: bool = False
 
     @classmethod
     def compile(
@@ -225,22 +262,100 @@ class StringMatch:
             value = value.lower()
         if value in self.exact:
             return True
-        if self.presence and value:
+        if self.presence and (value or self.empty_ok):
             return True
         if self.prefixes and value.startswith(self.prefixes):
             return True
         if self.suffixes and value.endswith(self.suffixes):
             return True
-        for template in self.templates:  # noqa: SIM110 - a plain loop beats any(genexpr) here
+        for template in self.templates:
             if template.matches(value):
                 return True
-        return False
+        return self.regex is not None and self.regex.fullmatch(value) is not None
+
+    @classmethod
+    def header(cls, values: Sequence[str]) -> StringMatch:
+        """Istio's header values: exact, prefix, suffix; ``*`` is presence (empty counts)."""
+        compiled = cls.compile(values)
+        return cls(values=compiled.values, exact=compiled.exact, prefixes=compiled.prefixes,
+                   suffixes=compiled.suffixes, presence=compiled.presence, empty_ok=True)
+
+    @classmethod
+    def spiffe(cls, values: Sequence[str], alternatives: Sequence[str] = ()) -> StringMatch:
+        """Istio's principals: each value matched as ``spiffe://<value>``.
+
+        Exact and ``prefix*`` get the scheme prepended; ``*`` is any non-empty name (regex
+        ``.+``, the scheme is not required); ``*suffix`` is the regex ``spiffe://.*<suffix>``.
+        ``alternatives`` are further regexes (full match) OR-ed in.
+        """
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        regexes = list(alternatives)
+        presence = False
+        for v in values:
+            if v == "*":
+                presence = True
+            elif v.startswith("*"):
+                regexes.append(SPIFFE + ".*" + re.escape(v[1:]))
+            elif v.endswith("*"):
+                prefixes.append(SPIFFE + v[:-1])
+            else:
+                exact.add(SPIFFE + v)
+        return cls(values=tuple(values), exact=frozenset(exact), prefixes=tuple(prefixes),
+                   suffixes=(), presence=presence, regex=_alternation(regexes))
+
+    @classmethod
+    def regexes(cls, values: Sequence[str], patterns: Sequence[str],
+                prefixes: Sequence[str] = ()) -> StringMatch:
+        """Values (for display) matched by full-match ``patterns`` or plain ``prefixes``."""
+        return cls(values=tuple(values), exact=frozenset(), prefixes=tuple(prefixes),
+                   suffixes=(), presence=False, regex=_alternation(patterns))
 
     @property
     def index_prefixes(self) -> tuple[str, ...]:
         """Prefixes for indexing: the ``prefix*`` values plus each template's literal head."""
         heads = tuple(t.pattern_head for t in self.templates)
         return self.prefixes + heads
+
+
+SPIFFE = "spiffe://"
+
+
+def _alternation(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{p})" for p in patterns))
+
+
+def namespace_regex(namespace: str) -> str:
+    """Istio's ``source.namespace`` regex: ``.*/ns/<ns>/.*`` (``*`` in the value is ``.*``)."""
+    return ".*/ns/" + ".*".join(re.escape(part) for part in namespace.split("*")) + "/.*"
+
+
+def service_account_regex(default_namespace: str, value: str) -> str:
+    """Istio's ``serviceAccounts`` regex for ``sa`` or ``ns/sa``.
+
+    ``spiffe://`` and a non-empty trust domain, ``/ns/<ns>/``, optional further segments,
+    ``sa/<sa>``, then the end or ``/`` and more (so ``sa/a`` never matches ``sa/a-b``).
+    """
+    ns, sep, sa = value.partition("/")
+    if not sep:
+        ns, sa = default_namespace, value
+    return f"spiffe://.+/ns/{re.escape(ns)}/(.+/|)sa/{re.escape(sa)}(/.+)?"
+
+
+def trust_domain_pattern(value: str) -> tuple[str | None, str | None]:
+    """Istio's ``trustDomains`` matcher for one value: ``(prefix, None)`` or ``(None, regex)``.
+
+    ``*`` is any SPIFFE name; a plain domain is the prefix ``spiffe://<td>/``; a domain with
+    one ``*`` is ``spiffe://<head>[^/]*<tail>/.*``.
+    """
+    if value == "*":
+        return SPIFFE, None
+    if "*" not in value:
+        return f"{SPIFFE}{value}/", None
+    head, _, tail = value.partition("*")
+    return None, f"spiffe://{re.escape(head)}[^/]*{re.escape(tail)}/.*"
 
 
 def template_regex(template: str) -> str:
@@ -320,7 +435,67 @@ class PortMatch:
         return value in self.ports
 
 
-Matcher = StringMatch | IpMatch | PortMatch
+_Part = tuple[str, str]  # ("any" | "exact" | "prefix" | "suffix", text)
+
+
+def _part_matches(part: _Part, value: str) -> bool:
+    kind, text = part
+    if kind == "any":
+        return bool(value)
+    if kind == "exact":
+        return value == text
+    if kind == "prefix":
+        return value.startswith(text)
+    return value.endswith(text)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPrincipalMatch:
+    """Istio's ``requestPrincipals``: each value is an issuer matcher AND a subject matcher.
+
+    The value splits at its LAST ``/`` (issuers are often URLs) and each side is matched on
+    its own claim, exactly as Istio's generated JWT metadata matchers: ``iss/sub`` exact both;
+    ``iss/*`` the exact issuer and any non-empty subject; ``iss/pre*`` a subject prefix;
+    ``*/sub`` any non-empty issuer; ``*suf/sub`` an issuer suffix; ``*`` both non-empty; with no
+    ``/``, ``pre*`` is an issuer prefix with any non-empty subject and ``*suf`` any non-empty
+    issuer with a subject suffix. So ``https://a.com/*`` never admits issuer
+    ``https://a.com/tenant``. Reads ``(iss, sub)``.
+    """
+
+    values: tuple[str, ...]
+    pairs: tuple[tuple[_Part, _Part], ...]
+
+    @classmethod
+    def compile(cls, values: Sequence[str]) -> RequestPrincipalMatch:
+        """Split each value into its issuer and subject matchers."""
+        return cls(values=tuple(values), pairs=tuple(_principal_pair(v) for v in values))
+
+    def __call__(self, value: object) -> bool:
+        if not isinstance(value, tuple):
+            return False
+        iss, sub = value
+        return any(_part_matches(i, iss) and _part_matches(s, sub) for i, s in self.pairs)
+
+
+def _principal_pair(value: str) -> tuple[_Part, _Part]:
+    any_: _Part = ("any", "")
+    iss, found, sub = value.rpartition("/")
+    if not found:
+        iss = value
+    if value == "*":
+        return any_, any_
+    if value.startswith("*"):
+        if not found:
+            return any_, ("suffix", value[1:])
+        return (any_ if iss == "*" else ("suffix", iss[1:])), ("exact", sub)
+    if value.endswith("*"):
+        if not found:
+            return ("prefix", value[:-1]), any_
+        return ("exact", iss), (any_ if sub == "*" else ("prefix", sub[:-1]))
+    return ("exact", iss), ("exact", sub)
+
+
+Matcher = StringMatch | IpMatch | PortMatch | RequestPrincipalMatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +542,7 @@ class FieldCheck:
                 return getter(attrs) in ports
             return port
         if not isinstance(matcher, StringMatch) or matcher.suffixes or matcher.presence \
-                or matcher.ignore_case:
+                or matcher.ignore_case or matcher.regex is not None:
             return self.matches
         exact, prefixes, templates = matcher.exact, matcher.prefixes, matcher.templates
         if templates:

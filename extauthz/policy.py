@@ -45,10 +45,15 @@ from extauthz.matchers import (
     IpMatch,
     Matcher,
     PortMatch,
+    RequestPrincipalMatch,
     StringMatch,
     TemplateError,
+    namespace_regex,
+    service_account_regex,
+    trust_domain_pattern,
 )
 from extauthz.request import Workload
+from extauthz.trustdomain import TrustDomains
 
 _log = logging.getLogger("extauthz.policy")
 
@@ -90,6 +95,8 @@ class SourceModel(_Strict):
     not_ip_blocks: StrList = Field([], alias="notIpBlocks")
     remote_ip_blocks: StrList = Field([], alias="remoteIpBlocks")
     not_remote_ip_blocks: StrList = Field([], alias="notRemoteIpBlocks")
+    trust_domains: StrList = Field([], alias="trustDomains")
+    not_trust_domains: StrList = Field([], alias="notTrustDomains")
 
 
 class OperationModel(_Strict):
@@ -452,6 +459,8 @@ class _Interner:
                 getter = operator.attrgetter(arg)
             elif kind == "header":
                 getter = _header_getter(arg)
+            elif kind == "lines":
+                getter = _header_lines_getter(arg)
             else:
                 getter = _claim_getter(arg)
             self.getters[key] = getter
@@ -736,8 +745,10 @@ class PolicySet:
         root_namespace: str = "istio-system",
         default_namespace: str = "default",
         files: Sequence[str] = (),
+        trust_domains: TrustDomains | None = None,
     ) -> None:
         self.policies = tuple(policies)
+        self.trust_domains = trust_domains or TrustDomains()
         self.authentications = tuple(authentications)
         self.root_namespace = root_namespace
         self.default_namespace = default_namespace
@@ -800,6 +811,8 @@ class PolicySet:
         return {
             "root_namespace": self.root_namespace,
             "default_namespace": self.default_namespace,
+            "trust_domain": self.trust_domains.domain,
+            "trust_domain_aliases": list(self.trust_domains.aliases),
             "files": list(self.files),
             "authorization_policies": [p.describe() for p in self.policies],
             "request_authentications": [
@@ -829,10 +842,12 @@ _SIMPLE_KEYS: dict[str, tuple[str, str]] = {
     "remote.ip": ("ip", "remote_ip"),
     "destination.ip": ("ip", "destination_ip"),
     "destination.port": ("port", "destination_port"),
-    "source.namespace": ("string", "source_namespace"),
-    "source.principal": ("string", "source_principal"),
-    "request.auth.principal": ("string", "auth_principal"),
-    "request.auth.presenter": ("string", "auth_presenter"),
+    "source.namespace": ("namespace", "peer_names"),
+    "source.principal": ("principal", "peer_names"),
+    "source.serviceAccount": ("service_account", "peer_names"),
+    "source.trustDomain": ("trust_domain", "peer_names"),
+    "request.auth.principal": ("request_principal", "auth_iss_sub"),
+    "request.auth.presenter": ("strings", "auth_presenters"),
     "request.auth.audiences": ("strings", "auth_audiences"),
     "connection.sni": ("string", "sni"),
 }
@@ -846,12 +861,46 @@ class _Compiler:
     """Turns one document's models into compiled objects, raising located ConfigErrors."""
 
     def __init__(self, doc: SourceDoc, base: tuple[str | int, ...], namespace: str,
-                 ci_paths: bool, interner: _Interner | None = None) -> None:
+                 ci_paths: bool, interner: _Interner | None = None,
+                 trust: TrustDomains | None = None) -> None:
         self.doc = doc
         self.base = base
         self.namespace = namespace
         self.ci_paths = ci_paths
         self.interner = interner or _Interner()
+        self.trust = trust or TrustDomains()
+
+    def peer_matcher(self, kind: str, values: Sequence[str],
+                     where: tuple[str | int, ...]) -> StringMatch:
+        """The matcher over the peer's names for principals, namespaces, SAs, trust domains.
+
+        Each is the regex or string matcher Istio generates for RBAC's ``authenticated``
+        principal (trust-domain aliases applied as Istio's MigrateTrustDomain does).
+        """
+        for i, v in enumerate(values):
+            if v == "":
+                raise self.error("empty string is not a valid value", *where, i)
+        if kind == "principal":
+            return StringMatch.spiffe(self.trust.replace_aliases(values))
+        if kind == "namespace":
+            return StringMatch.regexes(values, [namespace_regex(v) for v in values])
+        if kind == "service_account":
+            for i, sa in enumerate(values):
+                if "*" in sa or sa.count("/") > 1 or not sa.strip("/"):
+                    raise self.error(
+                        f"invalid service account '{sa}' (expected 'ns/sa' or 'sa', "
+                        "no wildcards)", *where, i)
+            return StringMatch.regexes(
+                values, [service_account_regex(self.namespace, v) for v in values])
+        expanded = self.trust.expand_aliases(values)
+        prefixes, regexes = [], []
+        for v in expanded:
+            prefix, regex = trust_domain_pattern(v)
+            if prefix is not None:
+                prefixes.append(prefix)
+            if regex is not None:
+                regexes.append(regex)
+        return StringMatch.regexes(expanded, regexes, prefixes)
 
     def error(self, message: str, *path: str | int) -> ConfigError:
         return self.doc.error(message, (*self.base, *path))
@@ -902,23 +951,6 @@ class _Compiler:
     def source(self, src: SourceModel, where: tuple[str | int, ...]) -> Clause:
         label = f"from[{where[-2]}].source" if len(where) >= 2 else "source"
         checks: list[FieldCheck] = []
-        principal = ("attr", "source_principal")
-        for name, alias, attr, getter, negate in (
-            ("principals", "principals", "source.principal", principal, False),
-            ("not_principals", "notPrincipals", "source.principal", principal, True),
-            ("request_principals", "requestPrincipals", "request.auth.principal",
-             ("attr", "auth_principal"), False),
-            ("not_request_principals", "notRequestPrincipals", "request.auth.principal",
-             ("attr", "auth_principal"), True),
-            ("namespaces", "namespaces", "source.namespace",
-             ("attr", "source_namespace"), False),
-            ("not_namespaces", "notNamespaces", "source.namespace",
-             ("attr", "source_namespace"), True),
-        ):
-            values: list[str] = getattr(src, name)
-            if values:
-                checks.append(self.check(f"{label}.{alias}", attr, getter,
-                                         self.strings(values, (*where, alias)), negate))
         if (src.service_accounts or src.not_service_accounts) and (
             src.principals or src.not_principals or src.namespaces or src.not_namespaces
         ):
@@ -926,20 +958,35 @@ class _Compiler:
                 "serviceAccounts cannot be combined with principals or namespaces",
                 *where, "serviceAccounts" if src.service_accounts else "notServiceAccounts",
             )
-        for name, alias, negate in (("service_accounts", "serviceAccounts", False),
-                                    ("not_service_accounts", "notServiceAccounts", True)):
+        peer = ("attr", "peer_names")
+        for name, alias, attr, kind, negate in (
+            ("principals", "principals", "source.principal", "principal", False),
+            ("not_principals", "notPrincipals", "source.principal", "principal", True),
+            ("namespaces", "namespaces", "source.namespace", "namespace", False),
+            ("not_namespaces", "notNamespaces", "source.namespace", "namespace", True),
+            ("service_accounts", "serviceAccounts", "source.serviceAccount",
+             "service_account", False),
+            ("not_service_accounts", "notServiceAccounts", "source.serviceAccount",
+             "service_account", True),
+            ("trust_domains", "trustDomains", "source.trustDomain", "trust_domain", False),
+            ("not_trust_domains", "notTrustDomains", "source.trustDomain", "trust_domain",
+             True),
+        ):
+            values: list[str] = getattr(src, name)
+            if values:
+                checks.append(self.check(f"{label}.{alias}", attr, peer,
+                                         self.peer_matcher(kind, values, (*where, alias)),
+                                         negate, many=True))
+        for name, alias, negate in (
+            ("request_principals", "requestPrincipals", False),
+            ("not_request_principals", "notRequestPrincipals", True),
+        ):
             values = getattr(src, name)
             if values:
-                suffixes = []
-                for i, sa in enumerate(values):
-                    if "*" in sa or sa.count("/") > 1 or not sa.strip("/"):
-                        raise self.error(
-                            f"invalid service account '{sa}' (expected 'ns/sa' or 'sa', "
-                            "no wildcards)", *where, alias, i)
-                    ns, _, acct = sa.rpartition("/")
-                    suffixes.append(f"*/ns/{ns or self.namespace}/sa/{acct}")
-                checks.append(self.check(f"{label}.{alias}", "source.principal", principal,
-                                         StringMatch.compile(suffixes), negate))
+                self.strings(values, (*where, alias))  # validates (no empty values)
+                checks.append(self.check(f"{label}.{alias}", "request.auth.principal",
+                                         ("attr", "auth_iss_sub"),
+                                         RequestPrincipalMatch.compile(values), negate))
         for name, alias, attr, negate in (
             ("ip_blocks", "ipBlocks", "source_ip", False),
             ("not_ip_blocks", "notIpBlocks", "source_ip", True),
@@ -971,10 +1018,9 @@ class _Compiler:
             elif attr == "method":
                 matcher = self.strings(values, (*where, alias))
             else:
-                for i, v in enumerate(values):
-                    if v != "*" and not v.startswith(("/", "*")):
-                        raise self.error(f"path '{v}' must start with '/' or '*'",
-                                         *where, alias, i)
+                # A path without a leading "/" is valid Istio: its builder emits the same
+                # exact/prefix/suffix matcher, which (an exact or prefix one) simply never
+                # matches a real path. Templates still must start with "/" (Envoy's rule).
                 matcher = self.strings(values, (*where, alias), ignore_case=self.ci_paths,
                                        templates=True)
             checks.append(self.check(f"{label}.{alias}", f"request.{attr.split('_')[0]}",
@@ -1002,8 +1048,8 @@ class _Compiler:
             header = key[len("request.headers["):-1].strip().lower()
             if not header:
                 raise self.error("empty header name in condition key", *where, "key")
-            getter = ("header", header)
-            kind = "string"
+            getter = ("lines", header)
+            kind, many = "header", True
         elif key.startswith("request.auth.claims[") and key.endswith("]"):
             inner = key[len("request.auth.claims["):-1]
             parts = inner.split("][")
@@ -1016,6 +1062,8 @@ class _Compiler:
             getter = ("attr", attr)
             if kind == "strings":
                 kind, many = "string", True
+            elif kind in ("principal", "namespace", "service_account", "trust_domain"):
+                many = True
         else:
             raise self.error(
                 f"unknown attribute '{key}' (supported: {', '.join(SUPPORTED_CONDITION_KEYS)})",
@@ -1031,6 +1079,16 @@ class _Compiler:
                 matcher = self.ips([str(v) for v in values], (*where, alias))
             elif kind == "port":
                 matcher = self.ports(values, (*where, alias))
+            elif kind == "header":
+                texts = [str(v) for v in values]
+                self.strings(texts, (*where, alias))  # validates
+                matcher = StringMatch.header(texts)
+            elif kind == "request_principal":
+                texts = [str(v) for v in values]
+                self.strings(texts, (*where, alias))
+                matcher = RequestPrincipalMatch.compile(texts)
+            elif kind in ("principal", "namespace", "service_account", "trust_domain"):
+                matcher = self.peer_matcher(kind, [str(v) for v in values], (*where, alias))
             else:
                 matcher = self.strings([str(v) for v in values], (*where, alias))
             checks.append(self.check(f"{label}.{alias}", key, getter, matcher, negate, many))
@@ -1057,6 +1115,19 @@ class _Compiler:
 def _header_getter(name: str) -> _Getter:
     def get(attrs: Attributes) -> str | None:
         return attrs.headers.get(name)
+    return get
+
+
+def _header_lines_getter(name: str) -> _Getter:
+    # Envoy's RBAC header matcher tests each line of a repeated header on its own (checked
+    # with Envoy 1.40: `x-role: admin` + `x-role: guest` matches exact "guest", while the one
+    # line `x-role: admin,guest` does not), so a header reads as its tuple of lines.
+    def get(attrs: Attributes) -> tuple[str, ...]:
+        lines = attrs.header_lines.get(name)
+        if lines is not None:
+            return lines
+        value = attrs.headers.get(name)
+        return () if value is None else (value,)
     return get
 
 
@@ -1277,7 +1348,8 @@ def _resolve_uri(uri: str, root: Path) -> str | None:
 
 def _compile_policy(doc: SourceDoc, resource: ResourceModel, namespace: str,
                     base: tuple[str | int, ...], index: int,
-                    interner: _Interner | None = None) -> Policy:
+                    interner: _Interner | None = None,
+                    trust: TrustDomains | None = None) -> Policy:
     try:
         spec = AuthorizationPolicySpec.model_validate(resource.spec)
     except ValidationError as exc:
@@ -1295,7 +1367,7 @@ def _compile_policy(doc: SourceDoc, resource: ResourceModel, namespace: str,
         raise doc.error("istio.io/dry-run is only supported on ALLOW and DENY policies",
                         (*base, "metadata", "annotations", DRY_RUN_ANNOTATION))
     ci_paths = _bool_annotation(doc, annotations, CASE_INSENSITIVE_PATHS_ANNOTATION, base)
-    compiler = _Compiler(doc, base, namespace, ci_paths, interner)
+    compiler = _Compiler(doc, base, namespace, ci_paths, interner, trust)
     rules = tuple(compiler.rule(r, index, i) for i, r in enumerate(spec.rules or []))
     return Policy(
         index=index, namespace=namespace, name=resource.metadata.name, action=spec.action,
@@ -1318,10 +1390,12 @@ def _resources(doc: SourceDoc) -> Iterable[tuple[tuple[str | int, ...], Any]]:
 def compile_documents(
     docs: Iterable[SourceDoc], *, default_namespace: str = "default",
     root_namespace: str = "istio-system", base_dir: Path | None = None,
+    trust_domains: TrustDomains | None = None,
 ) -> PolicySet:
     """Compile YAML documents into a PolicySet; all errors found are raised together.
 
-    ``base_dir`` resolves relative ``file://`` jwksUri values (default: the working directory).
+    ``base_dir`` resolves relative ``file://`` jwksUri values (default: the working directory);
+    ``trust_domains`` is the mesh's trust domain and aliases (default ``cluster.local``).
     """
     root = base_dir or Path.cwd()
     policies: list[Policy] = []
@@ -1365,7 +1439,7 @@ def compile_documents(
             try:
                 if kind == "AuthorizationPolicy":
                     policies.append(_compile_policy(doc, resource, namespace, base,
-                                                    len(policies), interner))
+                                                    len(policies), interner, trust_domains))
                 else:
                     authns.append(_compile_authn(doc, resource, namespace, base, root))
             except ConfigErrors as exc:
@@ -1375,11 +1449,13 @@ def compile_documents(
     if errors:
         raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
     return PolicySet(policies, authns, root_namespace=root_namespace,
-                     default_namespace=default_namespace, files=files)
+                     default_namespace=default_namespace, files=files,
+                     trust_domains=trust_domains)
 
 
 def load_policies(
     path: Path, *, default_namespace: str = "default", root_namespace: str = "istio-system",
+    trust_domains: TrustDomains | None = None,
 ) -> PolicySet:
     """Load a YAML file (several documents allowed) or a directory of them; raises ConfigError."""
     docs: list[SourceDoc] = []
@@ -1393,7 +1469,7 @@ def load_policies(
         raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
     path = Path(path)
     return compile_documents(docs, default_namespace=default_namespace,
-                             root_namespace=root_namespace,
+                             root_namespace=root_namespace, trust_domains=trust_domains,
                              base_dir=path if path.is_dir() else path.parent)
 
 

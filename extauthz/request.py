@@ -8,7 +8,7 @@ is split off the path here, once: Istio never matches paths against the query.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
@@ -16,14 +16,22 @@ from typing import NamedTuple
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+_NO_LINES: Mapping[str, tuple[str, ...]] = MappingProxyType({})
 _LABEL_PREFIX = "label."
 
 
 class AuthzRequest(NamedTuple):
     """One HTTP request to authorize.
 
-    ``headers`` keys are lower-case (Envoy sends them so); ``path`` has no query;
-    ``source_principal`` is the mTLS peer identity as Envoy reports it (``spiffe://...``);
+    ``headers`` keys are lower-case (Envoy sends them so), repeated lines joined with ","
+    as Envoy joins them; ``header_lines`` holds the separate lines of the headers sent more
+    than once (Envoy's RBAC header matcher tests each line on its own, so the engine does
+    too); ``path`` has no query; ``source_ip`` is the connection's remote address (which the
+    PROXY protocol overrides) and ``direct_source_ip`` the physical peer when Envoy reports
+    it (Istio's ``source.ip``/``ipBlocks`` read the physical peer); ``source_principal`` is
+    the mTLS peer identity as Envoy reports it (``spiffe://...``), used when no certificate
+    is known; ``peer_uri_sans``/``peer_dns_sans``/``peer_subject`` come from the peer
+    certificate, the names Envoy's RBAC ``authenticated`` matcher tries, in its order;
     ``context_extensions`` carries the workload identity (``namespace``, ``label.<name>``).
 
     A NamedTuple rather than a frozen dataclass: one is built per Check, and a tuple is built
@@ -43,6 +51,11 @@ class AuthzRequest(NamedTuple):
     sni: str | None = None
     context_extensions: Mapping[str, str] = _EMPTY
     request_id: str = ""
+    header_lines: Mapping[str, tuple[str, ...]] = _NO_LINES
+    direct_source_ip: str | None = None
+    peer_uri_sans: tuple[str, ...] = ()
+    peer_dns_sans: tuple[str, ...] = ()
+    peer_subject: str | None = None
 
     @classmethod
     def build(
@@ -51,7 +64,7 @@ class AuthzRequest(NamedTuple):
         method: str = "GET",
         host: str = "",
         path: str = "/",
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str | Sequence[str]] | None = None,
         source_ip: str | None = None,
         source_principal: str | None = None,
         destination_ip: str | None = None,
@@ -59,16 +72,27 @@ class AuthzRequest(NamedTuple):
         sni: str | None = None,
         context_extensions: Mapping[str, str] | None = None,
         request_id: str = "",
+        direct_source_ip: str | None = None,
+        peer_uri_sans: Sequence[str] = (),
+        peer_dns_sans: Sequence[str] = (),
+        peer_subject: str | None = None,
     ) -> AuthzRequest:
-        """Build from raw parts: split the query off ``path``, lower-case header names."""
+        """Build from raw parts: split the query off ``path``, lower-case header names.
+
+        A header given as a list of values is a header sent on several lines.
+        """
         raw_path, _, query = path.partition("?")
         raw_path, query = raw_path.partition("#")[0], query.partition("#")[0]
+        joined, lines = merge_header_lines(
+            (k, v) for k, values in (headers or {}).items()
+            for v in ((values,) if isinstance(values, str) else values)
+        )
         return cls(
             method=method,
             host=host,
             path=raw_path or "/",
             query=query,
-            headers=MappingProxyType({k.lower(): v for k, v in (headers or {}).items()}),
+            headers=MappingProxyType(joined),
             source_ip=source_ip or None,
             source_principal=source_principal or None,
             destination_ip=destination_ip or None,
@@ -76,7 +100,39 @@ class AuthzRequest(NamedTuple):
             sni=sni or None,
             context_extensions=MappingProxyType(dict(context_extensions or {})),
             request_id=request_id,
+            header_lines=MappingProxyType(lines),
+            direct_source_ip=direct_source_ip or None,
+            peer_uri_sans=tuple(peer_uri_sans),
+            peer_dns_sans=tuple(peer_dns_sans),
+            peer_subject=peer_subject or None,
         )
+
+    def peer_names(self) -> tuple[str, ...]:
+        """The peer names Envoy's RBAC ``authenticated`` matcher tries, in its order.
+
+        Every URI SAN, then every DNS SAN, then the subject; without a certificate, the
+        ``source_principal`` Envoy reported (or nothing: an unauthenticated peer).
+        """
+        if self.peer_uri_sans or self.peer_dns_sans or self.peer_subject:
+            subject = (self.peer_subject,) if self.peer_subject else ()
+            return self.peer_uri_sans + self.peer_dns_sans + subject
+        return (self.source_principal,) if self.source_principal else ()
+
+
+def merge_header_lines(
+    pairs: Iterable[tuple[str, str]],
+) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """Header lines -> (names lower-cased, repeated lines joined with ","; repeated lines).
+
+    The joined map is what Envoy's ext_authz ``headers`` map holds; the second map keeps the
+    lines of each repeated header apart (only those: most requests repeat none).
+    """
+    every: dict[str, list[str]] = {}
+    for name, value in pairs:
+        every.setdefault(name.lower(), []).append(value)
+    joined = {k: ",".join(v) for k, v in every.items()}
+    lines = {k: tuple(v) for k, v in every.items() if len(v) > 1}
+    return joined, lines
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,11 @@ from envoy_mixer.snapshot import NotLoadedError, Snapshot
 from extauthz.engine import Decision, decide
 from extauthz.jwt import NO_TOKEN, Authenticator
 from extauthz.metrics import AuthzMetrics
+from extauthz.peercert import NO_NAMES, CertificateCache
 from extauthz.policy import PolicySet, WorkloadView
-from extauthz.request import AuthzRequest
+from extauthz.request import AuthzRequest, merge_header_lines
+
+_NO_LINES: Mapping[str, tuple[str, ...]] = {}
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
@@ -35,26 +38,44 @@ _log = logging.getLogger("extauthz.decisions")
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
-def to_domain(check: external_auth_pb2.CheckRequest) -> AuthzRequest:
+#: Where our Envoy configs put the physical peer address (``metadata_context_namespaces``).
+#: Dynamic metadata, unlike a header, cannot be sent by a client: a config without the
+#: filters that set it simply sends none, and ``source.address`` is used.
+METADATA_NAMESPACE = "envoy_mixer"
+DIRECT_REMOTE_IP_KEY = "direct_remote_ip"
+
+_CERTIFICATES = CertificateCache()
+
+
+def to_domain(check: external_auth_pb2.CheckRequest,
+              certificates: CertificateCache | None = None) -> AuthzRequest:
     """Map a CheckRequest to the domain request (missing fields become absent, never errors).
 
     ``headers`` and ``context_extensions`` are the CheckRequest's own (read-only used) maps, not
     copies: Envoy already lower-cases header names, and copying them is most of this function's
-    cost. They live as long as the call.
+    cost. They live as long as the call. With ``encode_raw_headers`` (our configs set it) the
+    lines of a repeated header arrive apart and are kept apart for the header matchers. The
+    peer certificate, when sent, is parsed (cached) into its SANs and subject.
     """
     attrs = check.attributes
     http = attrs.request.http
     headers: Mapping[str, str] = http.headers
+    lines: Mapping[str, tuple[str, ...]] = _NO_LINES
     if not headers and len(http.header_map.headers):
-        # encode_raw_headers: repeated raw entries; merge duplicates like Envoy does.
-        merged: dict[str, str] = {}
-        for entry in http.header_map.headers:
-            value = entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
-            key = entry.key.lower()
-            merged[key] = f"{merged[key]},{value}" if key in merged else value
-        headers = merged
+        headers, lines = merge_header_lines(
+            (entry.key, entry.raw_value.decode("utf-8", "replace") if entry.raw_value
+             else entry.value)
+            for entry in http.header_map.headers
+        )
     # Every nested protobuf field read builds a wrapper object: read each message once.
     source = attrs.source
+    certificate = source.certificate
+    names = (certificates or _CERTIFICATES).names(certificate) if certificate else NO_NAMES
+    direct_ip: str | None = None
+    if attrs.metadata_context.filter_metadata:
+        ours = attrs.metadata_context.filter_metadata.get(METADATA_NAMESPACE)
+        if ours is not None and DIRECT_REMOTE_IP_KEY in ours.fields:
+            direct_ip = ours.fields[DIRECT_REMOTE_IP_KEY].string_value or None
     source_address = source.address.socket_address.address
     destination = attrs.destination.address.socket_address
     destination_address = destination.address
@@ -78,6 +99,11 @@ def to_domain(check: external_auth_pb2.CheckRequest) -> AuthzRequest:
         attrs.tls_session.sni or None,
         attrs.context_extensions,
         http.id,
+        lines,
+        direct_ip,
+        names.uri_sans,
+        names.dns_sans,
+        names.subject,
     )
 
 
@@ -164,6 +190,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         self.authenticator = authenticator or Authenticator()
         self.trusted_proxies = trusted_proxies
         self._responses = _ResponseCache()
+        self._certificates = CertificateCache()
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: Any
@@ -179,7 +206,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
             log_event(_log, "authz_error", logging.ERROR, error="no policy loaded")
             return error_response("no policy loaded")
         try:
-            req = to_domain(request)
+            req = to_domain(request, self._certificates)
             view = policies.view(req.context_extensions)
             authn = (await self.authenticator.authenticate(view.jwt_rules, req)
                      if view.jwt_rules else NO_TOKEN)

@@ -213,7 +213,8 @@ def test_remote_ip_uses_trusted_proxies(h: Any) -> None:
 def test_request_principals_from_jwt_identity(h: Any) -> None:
     """requestPrincipals match `<iss>/<sub>`; `*` needs a token; notRequestPrincipals negate."""
     ps = h.policies(allow_policy('{from: [{source: {requestPrincipals: ["https://iss/*"]}}]}'))
-    authn = AuthnOutcome(identity=AuthIdentity(principal="https://iss/alice", claims={}))
+    authn = AuthnOutcome(identity=AuthIdentity(principal="https://iss/alice",
+                                              claims={"iss": "https://iss", "sub": "alice"}))
     req = h.request("/", context_extensions=NS)
     assert h.evaluate(ps, req, authn).verdict == "allow"
     assert h.evaluate(ps, req).verdict == "deny"
@@ -227,7 +228,8 @@ def test_request_principals_from_jwt_identity(h: Any) -> None:
 CLAIMS = {"iss": "https://iss", "sub": "alice", "groups": ["admins", "dev"],
           "scope": ["read", "write"], "realm": {"roles": ["ops"], "tier": "gold"}, "n": 5}
 ID = AuthnOutcome(identity=AuthIdentity(principal="https://iss/alice", claims=CLAIMS,
-                                        audiences=("api", "web"), presenter="cli"))
+                                        audiences=("api", "web"), presenter="cli",
+                                        presenters=("cli",)))
 
 
 @pytest.mark.parametrize(("condition", "kwargs", "verdict"), [

@@ -256,3 +256,19 @@ def test_merge_domain_config() -> None:
         load_texts(twice, merge_domains=True)
     assert str(info.value).startswith(
         "merge_domain_key1.yaml: duplicate descriptor composite key 'test-domain.key1_value1'")
+
+
+def test_dynamic_metadata_on_the_wire() -> None:
+    """The hand-written encoder's dynamic_metadata parses as the same Struct (field 6)."""
+    from envoy.service.ratelimit.v3 import rls_pb2
+    from google.protobuf import json_format
+
+    from ratelimit.limiter import Decision, Status
+    from ratelimit.wire import encode_response
+
+    data = {"domain": "d", "descriptors": [{"entries": ["k=v"], "hitsAddend": 3}],
+            "metadata": {"flag": True, "none": None, "list": [1.5, "x", {"n": {}}]}}
+    raw = encode_response(Decision(Code.OK, (Status(Code.OK),), metadata=data))
+    parsed = rls_pb2.RateLimitResponse.FromString(raw)
+    assert json_format.MessageToDict(parsed.dynamic_metadata) == data
+    assert parsed.overall_code == Code.OK and len(parsed.statuses) == 1

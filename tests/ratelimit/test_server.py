@@ -144,12 +144,14 @@ async def test_addends_and_override(serve: StartFn) -> None:
     (rls_pb2.RateLimitRequest(domain="edge"), "rate limit descriptor list must not be empty"),
 ])
 async def test_invalid_argument(serve: StartFn, request_: Any, message: str) -> None:
-    """Empty domain or descriptor list -> INVALID_ARGUMENT with a clear message."""
+    """Empty domain or descriptor list -> INVALID_ARGUMENT, counted as a service_error."""
     h = await serve()
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await h.stub.ShouldRateLimit(request_, timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == message
+    assert h.app.registry.get_sample_value(
+        "ratelimit_service_should_rate_limit_error_total", {"err_type": "service_error"}) == 1
     # The service keeps serving.
     assert (await h.call("edge", descriptor(("x", "y")))).overall_code == Code.OK
 

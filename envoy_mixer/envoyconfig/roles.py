@@ -186,6 +186,12 @@ def access_log(services: MixerServices, log_name: str) -> Json:
                 "buffer_size_bytes": 16384,
                 # gRPC message counts (from grpc_stats) for the Istio messages metrics.
                 "filter_state_objects_to_log": ["envoy.filters.http.grpc_stats"],
+                # The upstream cluster's istio.services metadata (Envoy logs it as JSON):
+                # destination_service on the server side, as Istio takes it.
+                "custom_tags": [{"tag": "istio.services", "metadata": {
+                    "kind": {"cluster": {}},
+                    "metadata_key": {"key": "istio", "path": [{"key": "services"}]},
+                }}],
             },
             "additional_request_headers_to_log": [
                 PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER, "content-type",
@@ -365,6 +371,10 @@ def sidecar(
         ),
     )]
     clusters = [cluster(inbound_cluster, [app])]
+    # Istio's inbound-cluster metadata: the service this workload serves on the port.
+    fqdn = f"{workload.name}.{workload.namespace}.svc.cluster.local"
+    clusters[0]["metadata"] = {"filter_metadata": {"istio": {"services": [
+        {"host": fqdn, "name": workload.name, "namespace": workload.namespace}]}}}
     if outbound_port is not None:
         vhosts: list[Json] = []
         for up in upstreams:

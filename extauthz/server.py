@@ -70,7 +70,11 @@ def to_domain(check: external_auth_pb2.CheckRequest,
     # Every nested protobuf field read builds a wrapper object: read each message once.
     source = attrs.source
     certificate = source.certificate
-    names = (certificates or _CERTIFICATES).names(certificate) if certificate else NO_NAMES
+    if certificate:
+        cache = _CERTIFICATES if certificates is None else certificates
+        names = cache.names(certificate)
+    else:
+        names = NO_NAMES
     direct_ip: str | None = None
     if attrs.metadata_context.filter_metadata:
         ours = attrs.metadata_context.filter_metadata.get(METADATA_NAMESPACE)

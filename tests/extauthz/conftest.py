@@ -49,6 +49,48 @@ class Helpers:
         """Just the verdict for a request built from ``path`` and ``kwargs``."""
         return evaluate(ps, request(path, **kwargs)).verdict
 
+    @staticmethod
+    def certificate(uris: list[str] | None = None, dns: list[str] | None = None,
+                    common_name: str = "peer") -> str:
+        """A self-signed PEM certificate with these SANs (EC key: fast to generate)."""
+        return certificate_and_key(uris, dns, common_name)[0]
+
+
+def certificate_and_key(uris: list[str] | None = None, dns: list[str] | None = None,
+                        common_name: str = "peer", issuer: Any = None,
+                        ca: bool = False) -> tuple[str, str]:
+    """(certificate PEM, key PEM), self-signed or signed by ``issuer`` = (cert PEM, key PEM)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris or []]
+    sans += [x509.DNSName(d) for d in dns or []]
+    start = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+    signer_key: Any = key
+    issuer_name = name
+    if issuer is not None:
+        issuer_cert = x509.load_pem_x509_certificate(issuer[0].encode())
+        signer_key = serialization.load_pem_private_key(issuer[1].encode(), password=None)
+        issuer_name = issuer_cert.subject
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=3650)))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None),
+                                        critical=True)
+    cert = builder.sign(signer_key, hashes.SHA256())
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode()
+
 
 @pytest.fixture
 def h() -> type[Helpers]:

@@ -238,3 +238,78 @@ def test_to_domain_raw_header_map_query_and_identity() -> None:
     assert req.headers["x-multi"] == "1,2"
     assert (req.source_principal, req.sni) == ("spiffe://td/ns/a/sa/b", "sni.example")
     assert (req.destination_ip, req.destination_port) == ("10.1.1.1", 8443)
+
+
+def test_to_domain_keeps_repeated_header_lines_apart() -> None:
+    """Raw header entries give both the joined value and the separate lines."""
+    from envoy.config.core.v3 import base_pb2
+
+    from extauthz.server import to_domain
+
+    ctx = attribute_context_pb2.AttributeContext
+    http = ctx.HttpRequest(method="GET", path="/")
+    http.header_map.headers.extend([
+        base_pb2.HeaderValue(key="x-role", raw_value=b"admin"),
+        base_pb2.HeaderValue(key="x-role", raw_value=b"guest"),
+        base_pb2.HeaderValue(key="x-empty"),
+    ])
+    req = to_domain(external_auth_pb2.CheckRequest(attributes=ctx(request=ctx.Request(http=http))))
+    assert req.headers["x-role"] == "admin,guest"
+    assert req.header_lines["x-role"] == ("admin", "guest")
+    assert req.headers["x-empty"] == ""
+    assert "x-empty" not in req.header_lines
+
+
+def test_to_domain_reads_the_physical_peer_from_our_metadata() -> None:
+    """The direct peer comes from the envoy_mixer metadata namespace, never from a header."""
+    from extauthz.server import DIRECT_REMOTE_IP_KEY, METADATA_NAMESPACE, to_domain
+
+    ctx = attribute_context_pb2.AttributeContext
+    attrs = ctx(request=ctx.Request(http=ctx.HttpRequest(
+        method="GET", path="/", headers={"x-mixer-direct-peer": "6.6.6.6"})))
+    attrs.source.address.socket_address.address = "9.9.9.9"
+    plain = to_domain(external_auth_pb2.CheckRequest(attributes=attrs))
+    assert (plain.source_ip, plain.direct_source_ip) == ("9.9.9.9", None)
+    attrs.metadata_context.filter_metadata[METADATA_NAMESPACE].update(
+        {DIRECT_REMOTE_IP_KEY: "10.0.0.7"})
+    proxied = to_domain(external_auth_pb2.CheckRequest(attributes=attrs))
+    assert (proxied.source_ip, proxied.direct_source_ip) == ("9.9.9.9", "10.0.0.7")
+
+
+def test_to_domain_parses_every_san_of_the_peer_certificate(h: Any) -> None:
+    """The URL-encoded PEM peer certificate yields all URI SANs, DNS SANs and the subject."""
+    from urllib.parse import quote
+
+    from extauthz.peercert import CertificateCache
+    from extauthz.server import to_domain
+
+    pem = h.certificate(uris=["spiffe://td/ns/a/sa/one", "spiffe://td/ns/a/sa/two"],
+                           dns=["web.example"], common_name="web")
+    ctx = attribute_context_pb2.AttributeContext
+    attrs = ctx(request=ctx.Request(http=ctx.HttpRequest(method="GET", path="/")),
+                source=ctx.Peer(principal="spiffe://td/ns/a/sa/one", certificate=quote(pem)))
+    cache = CertificateCache(size=1)
+    req = to_domain(external_auth_pb2.CheckRequest(attributes=attrs), cache)
+    assert req.peer_uri_sans == ("spiffe://td/ns/a/sa/one", "spiffe://td/ns/a/sa/two")
+    assert req.peer_dns_sans == ("web.example",)
+    assert req.peer_subject == "CN=web"
+    assert req.peer_names() == (*req.peer_uri_sans, "web.example", "CN=web")
+    assert len(cache) == 1
+
+
+def test_certificate_cache_is_a_bounded_lru(h: Any) -> None:
+    """Repeated certificates are parsed once; the least recently used one is evicted."""
+    from urllib.parse import quote
+
+    from extauthz.peercert import NO_NAMES, CertificateCache
+
+    a = quote(h.certificate(uris=["spiffe://td/a"]))
+    b = quote(h.certificate(uris=["spiffe://td/b"]))
+    cache = CertificateCache(size=1)
+    first = cache.names(a)
+    assert cache.names(a) is first
+    assert cache.names(b).uri_sans == ("spiffe://td/b",)
+    assert len(cache) == 1
+    assert cache.names(a) is not first  # evicted, parsed again
+    assert cache.names("not a certificate") is NO_NAMES
+

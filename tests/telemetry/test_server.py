@@ -221,6 +221,27 @@ def test_tcp_entry_maps_event_types() -> None:
     assert (entry.event, entry.received_bytes, entry.sent_bytes) == (TcpEvent.PERIODIC, 10, 20)
 
 
+@pytest.mark.parametrize(("tag", "service"), [
+    (SERVICES_JSON, ("backend.shop.svc.cluster.local", "backend")),
+    ('[{"host":"db.shop.svc.cluster.local"}]', ("db.shop.svc.cluster.local", "")),
+    ("", ("", "")),
+    ("not json", ("", "")),
+    ("[]", ("", "")),
+    ('{"host":"x"}', ("", "")),
+    ('[{"host":5}]', ("", "")),
+])
+def test_cluster_services_tag_gives_the_service(tag: str, service: tuple[str, str]) -> None:
+    """The istio.services tag's first entry is the service; anything malformed is no service."""
+    pb = accesslog_pb2.TCPAccessLogEntry()
+    if tag:
+        pb.common_properties.custom_tags["istio.services"] = tag
+    entry = tcp_entry(pb)
+    assert (entry.service_host, entry.service_name) == service
+    http = _http(200)
+    assert (http_entry(http).service_host, http_entry(http).service_name) == (
+        "backend.shop.svc.cluster.local", "backend")
+
+
 def test_reload_swaps_config_and_keeps_old_on_error(tmp_path: Path) -> None:
     """A good edit reconfigures the pipeline; a bad edit keeps the running config."""
     config = tmp_path / "telemetry.yaml"

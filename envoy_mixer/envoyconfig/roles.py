@@ -103,6 +103,51 @@ def ext_authz_filter(services: MixerServices) -> Json:
     }
 
 
+def authz_with_istio_inputs(authz: Json) -> list[Json]:
+    """``authz`` preceded by what Istio's RBAC sees and a CheckRequest lacks (authz issue 8 §1).
+
+    - the physical peer (RBAC ``direct_remote_ip``: ``source.ip``/``ipBlocks``), which the
+      PROXY protocol hides from ``source.address``: written over any client value into a
+      transient header, moved into dynamic metadata (``envoy_mixer.direct_remote_ip``, which a
+      client cannot forge) and removed, then sent via ``metadata_context_namespaces``;
+    - ``encode_raw_headers``: repeated header lines arrive apart (RBAC matches each line);
+    - ``include_tls_session``: the SNI (``connection.sni``).
+    """
+    transient = "x-mixer-direct-remote-address"
+    authz = {**authz, "typed_config": {
+        **authz["typed_config"],  # type: ignore[dict-item]
+        "metadata_context_namespaces": ["envoy_mixer"],
+        "encode_raw_headers": True,
+        "include_tls_session": True,
+    }}
+    return [
+        {
+            "name": "envoy.filters.http.header_mutation",
+            "typed_config": {
+                "@type": _T + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                "mutations": {"request_mutations": [{"append": {
+                    "header": {"key": transient,
+                               "value": "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%"},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }}]},
+            },
+        },
+        {
+            "name": "envoy.filters.http.header_to_metadata",
+            "typed_config": {
+                "@type": _T + "envoy.extensions.filters.http.header_to_metadata.v3.Config",
+                "request_rules": [{
+                    "header": transient,
+                    "on_header_present": {"metadata_namespace": "envoy_mixer",
+                                          "key": "direct_remote_ip", "type": "STRING"},
+                    "remove": True,
+                }],
+            },
+        },
+        authz,
+    ]
+
+
 def ratelimit_filter(services: MixerServices, domain: str) -> Json:
     """The global ratelimit HTTP filter calling our quota service; fails open."""
     return {
@@ -317,7 +362,7 @@ def _filters(
     services: MixerServices, domain: str | None, *, strip_peer_response: bool = False
 ) -> list[Json]:
     filters = [peer_stash_filter()] if strip_peer_response else []
-    filters.append(ext_authz_filter(services))
+    filters.extend(authz_with_istio_inputs(ext_authz_filter(services)))
     if domain is not None:
         filters.append(ratelimit_filter(services, domain))
     filters.append(grpc_stats_filter())

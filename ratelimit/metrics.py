@@ -146,7 +146,8 @@ class RateLimitMetrics:
                 domain = OVERFLOW
             else:
                 self._domains.add(domain)
-            self.domain_not_found.labels(domain).inc()
+            # Once per descriptor, as the reference counts it (each lookup misses the domain).
+            self.domain_not_found.labels(domain).inc(len(decision.statuses))
             return
         if decision.global_shadow:
             self.global_shadow_mode.inc()

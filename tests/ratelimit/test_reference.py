@@ -272,3 +272,15 @@ def test_dynamic_metadata_on_the_wire() -> None:
     parsed = rls_pb2.RateLimitResponse.FromString(raw)
     assert json_format.MessageToDict(parsed.dynamic_metadata) == data
     assert parsed.overall_code == Code.OK and len(parsed.statuses) == 1
+
+
+async def test_domain_not_found_counts_each_descriptor(make_request: MakeRequest,
+                                                       load: Any, clock: Any) -> None:
+    """An unknown domain counts domain_not_found once per descriptor, as each lookup misses."""
+    registry = CollectorRegistry()
+    metrics = RateLimitMetrics(registry)
+    decision = await limiter(clock).decide(
+        load("basic.yaml"), make_request("foo_domain", (("a", "1"),), (("b", "2"),)))
+    metrics.record("foo_domain", decision)
+    assert registry.get_sample_value("ratelimit_service_rate_limit_domain_not_found_total",
+                                     {"domain": "foo_domain"}) == 2

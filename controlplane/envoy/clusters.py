@@ -22,6 +22,7 @@ from controlplane.envoy.model import (
     TRACING_CLUSTER,
     Endpoint,
     MixerServices,
+    Workload,
 )
 
 #: Name of the egress gateway's dynamic forward proxy cluster (and its route's target).
@@ -52,6 +53,19 @@ def cluster(name: str, endpoints: Sequence[Endpoint], *, http2: bool = False,
     out.load_assignment.endpoints.add().lb_endpoints.extend(
         LbEndpoint(endpoint={"address": socket_address(e.host, e.port)}) for e in endpoints
     )
+    return out
+
+
+def inbound_cluster(workload: Workload, service_port: int, app: Endpoint) -> Cluster:
+    """A sidecar's ``inbound|<port>||`` cluster to its app, with Istio's ``istio.services``.
+
+    The metadata names the service this workload serves on the port, which the access log
+    carries to telemetry as ``destination_service``.
+    """
+    out = cluster(f"inbound|{service_port}||", [app])
+    fqdn = f"{workload.name}.{workload.namespace}.svc.cluster.local"
+    out.metadata.filter_metadata["istio"].update({"services": [
+        {"host": fqdn, "name": workload.name, "namespace": workload.namespace}]})
     return out
 
 

@@ -30,6 +30,7 @@ from envoy.extensions.filters.http.router.v3.router_pb2 import Router
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (  # noqa: E501
     HttpFilter,
 )
+from envoy.type.tracing.v3.custom_tag_pb2 import CustomTag
 from envoy.type.v3.http_status_pb2 import StatusCode
 from google.protobuf.message import Message
 
@@ -165,7 +166,20 @@ def access_log(services: MixerServices, log_name: str) -> AccessLog:
     common.buffer_size_bytes.value = _LOG_BUFFER_BYTES
     # gRPC message counts (from grpc_stats) for the Istio messages metrics.
     common.filter_state_objects_to_log.append(GRPC_STATS)
+    common.custom_tags.append(istio_services_tag())
     return AccessLog(name=GRPC_ACCESS_LOG, typed_config=pack(config))
+
+
+def istio_services_tag() -> CustomTag:
+    """The upstream cluster's ``istio.services`` metadata as a log tag (Envoy logs it as JSON).
+
+    It names ``destination_service`` on the server side, as Istio takes it.
+    """
+    tag = CustomTag(tag="istio.services")
+    tag.metadata.kind.cluster.SetInParent()
+    tag.metadata.metadata_key.key = "istio"
+    tag.metadata.metadata_key.path.add(key="services")
+    return tag
 
 
 def authz_per_route(workload: Workload) -> ExtAuthzPerRoute:

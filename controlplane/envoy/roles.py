@@ -20,6 +20,7 @@ from controlplane.envoy.clusters import (
     FORWARD_PROXY_CLUSTER,
     cluster,
     forward_proxy_cluster,
+    inbound_cluster,
     service_clusters,
 )
 from controlplane.envoy.filters import access_log, authz_disabled, authz_per_route, http_filters
@@ -80,17 +81,17 @@ def sidecar_resources(
     upstreams: Sequence[Upstream] = (), service_port: int = 8080,
 ) -> RoleResources:
     """A sidecar's listeners and clusters (see :func:`sidecar`)."""
-    inbound_cluster = f"inbound|{service_port}||"
+    to_app = inbound_cluster(workload, service_port, app)
     tracing = _tracing(workload, options)
     inbound = virtual_host(
         "inbound", ["*"],
-        [health_route(), forward_route("inbound", inbound_cluster, options.route_timeout)],
+        [health_route(), forward_route("inbound", to_app.name, options.route_timeout)],
         authz=authz_per_route(workload), rate_limits=options.rate_limits,
         response_headers=peer_headers(workload, "sidecar"),
     )
     listeners = [_http_listener("inbound", options, inbound_port, [inbound], services,
                                 log_name="sidecar-inbound", tracing=tracing)]
-    clusters = [cluster(inbound_cluster, [app])]
+    clusters = [to_app]
     if outbound_port is not None:
         vhosts = [
             virtual_host(

@@ -10,9 +10,10 @@ from controlplane.envoy.clusters import (
     FORWARD_PROXY_CLUSTER,
     cluster,
     forward_proxy_cluster,
+    inbound_cluster,
     service_clusters,
 )
-from controlplane.envoy.model import Endpoint, MixerServices
+from controlplane.envoy.model import Endpoint, MixerServices, Workload
 
 _HTTP = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -69,3 +70,13 @@ def test_forward_proxy_cluster_uses_the_dns_cache() -> None:
     assert c.cluster_type.typed_config.Unpack(config)
     assert config.dns_cache_config.name == "egress_dns_cache"
     assert config.dns_cache_config.max_hosts.value == 1024
+
+
+def test_inbound_cluster_names_the_service_it_serves() -> None:
+    """inbound|<port>|| to the app, with Istio's istio.services metadata for telemetry."""
+    c = inbound_cluster(Workload("reviews", "shop"), 9080, Endpoint("127.0.0.1", 9081))
+    assert c.name == "inbound|9080||" and _addresses(c) == [("127.0.0.1", 9081)]
+    services = c.metadata.filter_metadata["istio"].fields["services"].list_value.values
+    (service,) = [v.struct_value.fields for v in services]
+    assert {k: v.string_value for k, v in service.items()} == {
+        "host": "reviews.shop.svc.cluster.local", "name": "reviews", "namespace": "shop"}

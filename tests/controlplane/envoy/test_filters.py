@@ -103,6 +103,10 @@ def test_access_log_streams_to_telemetry_with_peer_headers() -> None:
     assert list(config.additional_response_headers_to_log) == [
         "x-mixer-peer-metadata", "x-mixer-peer-metadata-id", "grpc-status"]
     assert list(config.additional_response_trailers_to_log) == ["grpc-status"]
+    (tag,) = common.custom_tags
+    assert tag.tag == "istio.services" and tag.metadata.kind.HasField("cluster")
+    assert tag.metadata.metadata_key.key == "istio"
+    assert [p.key for p in tag.metadata.metadata_key.path] == ["services"]
 
 
 def test_per_route_authz_carries_identity_or_disables() -> None:

@@ -55,6 +55,13 @@ class Helpers:
         """A self-signed PEM certificate with these SANs (EC key: fast to generate)."""
         return certificate_and_key(uris, dns, common_name)[0]
 
+    @staticmethod
+    def certificate_and_key(uris: list[str] | None = None, dns: list[str] | None = None,
+                            common_name: str = "peer", issuer: Any = None,
+                            ca: bool = False) -> tuple[str, str]:
+        """(certificate PEM, key PEM): see ``certificate_and_key``."""
+        return certificate_and_key(uris, dns, common_name, issuer, ca)
+
 
 def certificate_and_key(uris: list[str] | None = None, dns: list[str] | None = None,
                         common_name: str = "peer", issuer: Any = None,

@@ -284,3 +284,48 @@ async def test_domain_not_found_counts_each_descriptor(make_request: MakeRequest
     metrics.record("foo_domain", decision)
     assert registry.get_sample_value("ratelimit_service_rate_limit_domain_not_found_total",
                                      {"domain": "foo_domain"}) == 2
+
+
+STOP_INCREMENT = """\
+domain: domain
+descriptors:
+  - key: key4
+    rate_limit: {unit: hour, requests_per_unit: 15}
+  - key: key5
+    rate_limit: {unit: hour, requests_per_unit: 14}
+"""
+
+
+async def test_stop_increment_replays_the_references_sequence(clock: Any) -> None:
+    """TestOverLimitWithStopCacheKeyIncrementWhenOverlimitConfig: statuses, counters and stats."""
+    config = load_texts([("d.yaml", STOP_INCREMENT)])
+    lim = limiter(clock, stop_increment_when_over_limit=True)
+    keys = ["domain_key4_value4_997200", "domain_key5_value5_997200"]
+    await lim.backend.apply([CounterOp(k, 10, 3600) for k in keys])  # both start at 10
+    registry = CollectorRegistry()
+    metrics = RateLimitMetrics(registry)
+
+    def req(hits: int) -> Request:
+        return Request("domain", (Descriptor((("key4", "value4"),), hits_addend=hits),
+                                  Descriptor((("key5", "value5"),), hits_addend=hits)))
+
+    answers = []
+    for hits in (1, 2, 2):
+        decision = await lim.decide(config, req(hits))
+        metrics.record("domain", decision)
+        answers.append([(s.code, s.remaining) for s in decision.statuses])
+    assert answers == [
+        [(Code.OK, 4), (Code.OK, 3)],
+        [(Code.OK, 2), (Code.OK, 1)],
+        [(Code.OK, 2), (Code.OVER_LIMIT, 0)],  # key5 would pass its limit: key4 not counted
+    ]
+    assert await lim.backend.apply([CounterOp(k, 0, 3600) for k in keys]) == [13, 15]
+
+    def stat(name: str, key: str) -> float | None:
+        return registry.get_sample_value(f"ratelimit_service_rate_limit_{name}_total",
+                                         {"domain": "domain", "key": key})
+
+    expected = {"key4": {"total_hits": 5, "over_limit": 0, "near_limit": 2, "within_limit": 5},
+                "key5": {"total_hits": 5, "over_limit": 1, "near_limit": 3, "within_limit": 3}}
+    for key, values in expected.items():
+        assert {name: stat(name, key) for name in values} == values

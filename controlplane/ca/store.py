@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from controlplane.ca.authority import (
     CertificateAuthority,
@@ -93,8 +94,6 @@ def _read_key(path: Path) -> SigningKey:
     except (ValueError, TypeError):
         # Never echo the parser's message: it could quote bytes of the key.
         raise InvalidCA(f"{path.name}: not an unencrypted PEM private key") from None
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
         raise InvalidCA(f"{path.name}: only EC and RSA keys can sign")
     return key

@@ -2,7 +2,8 @@
 
 - ext_authz: gRPC to ``mixer_authz``, ``failure_mode_allow: false`` (fail closed: an
   unreachable policy service denies), ``include_peer_certificate`` for mTLS identity; the
-  workload identity travels in per-route ``context_extensions`` (:func:`authz_per_route`).
+  workload identity travels in per-route ``context_extensions`` (:func:`authz_per_route`);
+  :func:`authz_with_istio_inputs` adds what Istio's RBAC sees and a CheckRequest lacks.
 - ratelimit: gRPC to ``mixer_ratelimit``, ``failure_mode_deny: false`` (fail open: an
   unreachable quota service lets traffic through, counted in ``ratelimit.failure_mode_allowed``)
   and ``x-ratelimit-*`` headers.
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 from envoy.config.accesslog.v3.accesslog_pb2 import AccessLog
+from envoy.config.core.v3.base_pb2 import HeaderValueOption
 from envoy.config.core.v3.config_source_pb2 import ApiVersion
 from envoy.extensions.access_loggers.grpc.v3.als_pb2 import HttpGrpcAccessLogConfig
 from envoy.extensions.filters.http.dynamic_forward_proxy.v3.dynamic_forward_proxy_pb2 import (
@@ -22,6 +24,7 @@ from envoy.extensions.filters.http.dynamic_forward_proxy.v3.dynamic_forward_prox
 )
 from envoy.extensions.filters.http.ext_authz.v3.ext_authz_pb2 import ExtAuthz, ExtAuthzPerRoute
 from envoy.extensions.filters.http.grpc_stats.v3.config_pb2 import FilterConfig as GrpcStatsConfig
+from envoy.extensions.filters.http.header_mutation.v3.header_mutation_pb2 import HeaderMutation
 from envoy.extensions.filters.http.header_to_metadata.v3.header_to_metadata_pb2 import (
     Config as HeaderToMetadata,
 )
@@ -38,6 +41,9 @@ from controlplane.envoy.clusters import egress_dns_cache
 from controlplane.envoy.core import duration, envoy_grpc, pack
 from controlplane.envoy.model import (
     AUTHZ_CLUSTER,
+    AUTHZ_METADATA_NAMESPACE,
+    DIRECT_PEER_HEADER,
+    DIRECT_REMOTE_IP_KEY,
     PEER_METADATA_HEADER,
     PEER_METADATA_ID_HEADER,
     PEER_STASH_NAMESPACE,
@@ -51,6 +57,7 @@ EXT_AUTHZ = "envoy.filters.http.ext_authz"
 RATELIMIT = "envoy.filters.http.ratelimit"
 GRPC_STATS = "envoy.filters.http.grpc_stats"
 HEADER_TO_METADATA = "envoy.filters.http.header_to_metadata"
+HEADER_MUTATION = "envoy.filters.http.header_mutation"
 FORWARD_PROXY = "envoy.filters.http.dynamic_forward_proxy"
 ROUTER = "envoy.filters.http.router"
 GRPC_ACCESS_LOG = "envoy.access_loggers.http_grpc"
@@ -63,16 +70,60 @@ def http_filter(name: str, config: Message) -> HttpFilter:
     return HttpFilter(name=name, typed_config=pack(config))
 
 
-def ext_authz_filter(services: MixerServices) -> HttpFilter:
-    """The ext_authz HTTP filter calling our policy service; fails closed."""
-    return http_filter(EXT_AUTHZ, ExtAuthz(
+def ext_authz_config(services: MixerServices) -> ExtAuthz:
+    """ext_authz calling our policy service over gRPC; fails closed."""
+    return ExtAuthz(
         transport_api_version=ApiVersion.V3,
         grpc_service=envoy_grpc(AUTHZ_CLUSTER, services.authz_timeout),
         # Fail closed: if the policy service is down or slow, deny (403).
         failure_mode_allow=False,
         include_peer_certificate=True,
         status_on_error={"code": StatusCode.Forbidden},
+    )
+
+
+def ext_authz_filter(services: MixerServices) -> HttpFilter:
+    """The ext_authz HTTP filter calling our policy service; fails closed."""
+    return http_filter(EXT_AUTHZ, ext_authz_config(services))
+
+
+def authz_with_istio_inputs(services: MixerServices) -> list[HttpFilter]:
+    """ext_authz preceded by what Istio's RBAC sees and a CheckRequest lacks (authz issue 8 §1).
+
+    - the physical peer (RBAC ``direct_remote_ip``: ``source.ip``/``ipBlocks``), which the
+      PROXY protocol hides from ``source.address``: written over any client value into a
+      transient header, moved into dynamic metadata (``envoy_mixer.direct_remote_ip``, which a
+      client cannot forge) and removed, then sent via ``metadata_context_namespaces``;
+    - ``encode_raw_headers``: repeated header lines arrive apart (RBAC matches each line);
+    - ``include_tls_session``: the SNI (``connection.sni``).
+    """
+    config = ext_authz_config(services)
+    config.metadata_context_namespaces.append(AUTHZ_METADATA_NAMESPACE)
+    config.encode_raw_headers = True
+    config.include_tls_session = True
+    return [direct_peer_header_filter(), direct_peer_stash_filter(),
+            http_filter(EXT_AUTHZ, config)]
+
+
+def direct_peer_header_filter() -> HttpFilter:
+    """Write the physical peer's IP into the transient header, over any value a client sent."""
+    config = HeaderMutation()
+    config.mutations.request_mutations.add().append.CopyFrom(HeaderValueOption(
+        header={"key": DIRECT_PEER_HEADER,
+                "value": "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%"},
+        append_action=HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
     ))
+    return http_filter(HEADER_MUTATION, config)
+
+
+def direct_peer_stash_filter() -> HttpFilter:
+    """Move the transient peer header into ext_authz's metadata namespace, off the request."""
+    config = HeaderToMetadata()
+    rule = config.request_rules.add(header=DIRECT_PEER_HEADER, remove=True)
+    rule.on_header_present.metadata_namespace = AUTHZ_METADATA_NAMESPACE
+    rule.on_header_present.key = DIRECT_REMOTE_IP_KEY
+    rule.on_header_present.type = HeaderToMetadata.STRING
+    return http_filter(HEADER_TO_METADATA, config)
 
 
 def ratelimit_filter(services: MixerServices, domain: str) -> HttpFilter:
@@ -139,7 +190,7 @@ def http_filters(
     forward proxy just before the router (egress gateway).
     """
     chain = [peer_stash_filter()] if strip_peer_response else []
-    chain.append(ext_authz_filter(services))
+    chain += authz_with_istio_inputs(services)
     if domain is not None:
         chain.append(ratelimit_filter(services, domain))
     chain.append(grpc_stats_filter())

@@ -23,6 +23,13 @@ PEER_METADATA_ID_HEADER = "x-mixer-peer-metadata-id"
 #: headers they strip before the response reaches the client (read by the telemetry service).
 PEER_STASH_NAMESPACE = "mixer.peer_response"
 
+#: Dynamic-metadata namespace ext_authz forwards to the policy service, and the key there
+#: holding the physical peer's IP (Istio RBAC's ``direct_remote_ip``). Envoy writes it through
+#: a transient request header that it removes again, so a client cannot forge it.
+AUTHZ_METADATA_NAMESPACE = "envoy_mixer"
+DIRECT_REMOTE_IP_KEY = "direct_remote_ip"
+DIRECT_PEER_HEADER = "x-mixer-direct-remote-address"
+
 #: Cluster names of our three services inside every generated config.
 AUTHZ_CLUSTER = "mixer_authz"
 RATELIMIT_CLUSTER = "mixer_ratelimit"

@@ -14,7 +14,7 @@ from controlplane.envoy.filters import (
     access_log,
     authz_disabled,
     authz_per_route,
-    ext_authz_filter,
+    authz_with_istio_inputs,
     ratelimit_filter,
 )
 from controlplane.envoy.model import MixerServices, Workload
@@ -39,7 +39,7 @@ def snippets(services: MixerServices, workload: Workload, domain: str,
         ("static_resources.clusters: add these (HTTP/2 is required for gRPC)",
          _each(service_clusters(services))),
         ("HttpConnectionManager.http_filters: put these BEFORE envoy.filters.http.router",
-         _each([ext_authz_filter(services), ratelimit_filter(services, domain)])),
+         _each([*authz_with_istio_inputs(services), ratelimit_filter(services, domain)])),
         ("HttpConnectionManager.access_log: add this entry",
          _each([access_log(services, f"{proxy_type}-{workload.name}")])),
         ("virtual_host (or route) typed_per_filter_config: the workload identity for policies",

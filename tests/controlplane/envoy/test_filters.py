@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from envoy.config.core.v3.base_pb2 import HeaderValueOption
 from envoy.config.core.v3.config_source_pb2 import ApiVersion
 from envoy.extensions.access_loggers.grpc.v3.als_pb2 import HttpGrpcAccessLogConfig
 from envoy.extensions.filters.http.ext_authz.v3.ext_authz_pb2 import ExtAuthz
 from envoy.extensions.filters.http.grpc_stats.v3.config_pb2 import FilterConfig as GrpcStats
+from envoy.extensions.filters.http.header_mutation.v3.header_mutation_pb2 import HeaderMutation
 from envoy.extensions.filters.http.header_to_metadata.v3.header_to_metadata_pb2 import (
     Config as HeaderToMetadata,
 )
@@ -16,6 +18,7 @@ from controlplane.envoy.filters import (
     access_log,
     authz_disabled,
     authz_per_route,
+    authz_with_istio_inputs,
     ext_authz_filter,
     grpc_stats_filter,
     http_filters,
@@ -23,6 +26,7 @@ from controlplane.envoy.filters import (
     ratelimit_filter,
 )
 from controlplane.envoy.model import MixerServices, Workload
+from extauthz import server
 
 SERVICES = MixerServices()
 
@@ -78,12 +82,36 @@ def test_filter_chain_order() -> None:
     """Stash first (when asked), ext_authz, ratelimit (with a domain), grpc_stats, DFP, router."""
     names = [f.name for f in http_filters(SERVICES, "d", strip_peer_response=True,
                                           forward_proxy=True)]
-    assert names == ["envoy.filters.http.header_to_metadata", "envoy.filters.http.ext_authz",
+    authz = ["envoy.filters.http.header_mutation", "envoy.filters.http.header_to_metadata",
+             "envoy.filters.http.ext_authz"]
+    assert names == ["envoy.filters.http.header_to_metadata", *authz,
                      "envoy.filters.http.ratelimit", "envoy.filters.http.grpc_stats",
                      "envoy.filters.http.dynamic_forward_proxy", "envoy.filters.http.router"]
     assert [f.name for f in http_filters(SERVICES, None)] == [
-        "envoy.filters.http.ext_authz", "envoy.filters.http.grpc_stats",
-        "envoy.filters.http.router"]
+        *authz, "envoy.filters.http.grpc_stats", "envoy.filters.http.router"]
+
+
+def test_authz_gets_the_direct_peer_raw_headers_and_tls_session() -> None:
+    """The physical peer reaches ext_authz as unforgeable metadata; raw lines and SNI too."""
+    header, stash, authz = authz_with_istio_inputs(SERVICES)
+    mutation = HeaderMutation()
+    assert header.typed_config.Unpack(mutation)
+    (append,) = [m.append for m in mutation.mutations.request_mutations]
+    assert append.header.key == "x-mixer-direct-remote-address"
+    assert append.header.value == "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%"
+    # Overwrite: a client-sent header of that name must never survive.
+    assert append.append_action == HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    rules = HeaderToMetadata()
+    assert stash.typed_config.Unpack(rules)
+    (rule,) = rules.request_rules
+    assert rule.header == "x-mixer-direct-remote-address" and rule.remove is True
+    assert (rule.on_header_present.metadata_namespace, rule.on_header_present.key) == (
+        server.METADATA_NAMESPACE, server.DIRECT_REMOTE_IP_KEY)
+    config = ExtAuthz()
+    assert authz.typed_config.Unpack(config)
+    assert list(config.metadata_context_namespaces) == [server.METADATA_NAMESPACE]
+    assert config.encode_raw_headers is True and config.include_tls_session is True
+    assert config.failure_mode_allow is False
 
 
 def test_access_log_streams_to_telemetry_with_peer_headers() -> None:

@@ -60,6 +60,7 @@ def test_sidecar_inbound_guards_the_app_with_identity() -> None:
     assert config.node.id == "sidecar~127.0.0.1~frontend-0.default~default.svc.cluster.local"
     inbound = _hcm(config, "inbound")
     assert [f.name for f in inbound.http_filters] == [
+        "envoy.filters.http.header_mutation", "envoy.filters.http.header_to_metadata",
         EXT_AUTHZ, "envoy.filters.http.ratelimit", "envoy.filters.http.grpc_stats",
         "envoy.filters.http.router"]
     assert inbound.use_remote_address.value is False

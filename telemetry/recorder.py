@@ -6,7 +6,9 @@ overflow series whose label values are all ``__overflow__`` and are counted as r
 expiry (a series untouched for ``series_idle_expiry_seconds`` disappears from ``/metrics``), and
 buckets set per metric at reload. Rendering goes through prometheus_client's metric families, so
 the text is exactly what a prometheus_client ``Histogram``/``Counter`` would produce
-(``_bucket{le=...}``, ``_count``, ``_sum``; ``_total`` counters) minus ``_created``.
+(``_bucket{le=...}``, ``_count``, ``_sum``; ``_total`` counters) minus ``_created``. Each
+family lists its labels in the metric's own (Istio's) order, which ``telemetry.exposition``
+keeps on ``/metrics``.
 """
 
 from __future__ import annotations

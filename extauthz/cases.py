@@ -13,9 +13,11 @@ Format (``mixer authz test --policy PATH CASES.yaml``)::
         rule: 0                  # optional: the deciding rule index (needs policy)
         status: 403              # optional: the HTTP status Envoy would send
 
-Request keys: method, path (query allowed, stripped for matching), host, headers,
-sourcePrincipal, sourceIp, destinationIp, destinationPort, sni, jwt (sent as
-``Authorization: Bearer``), namespace, labels.
+Request keys: method, path (query allowed, stripped for matching), host, headers (a list value
+is a header sent on several lines), sourcePrincipal, peerUriSans / peerDnsSans (the peer
+certificate's SANs; they replace sourcePrincipal), sourceIp (the connection's remote address),
+directSourceIp (the physical peer behind the PROXY protocol; default sourceIp), destinationIp,
+destinationPort, sni, jwt (sent as ``Authorization: Bearer``), namespace, labels.
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ class RequestSpec(BaseModel):
     #: A list value is a header sent on several lines.
     headers: dict[str, str | list[str]] = {}
     source_principal: str | None = Field(None, alias="sourcePrincipal")
+    peer_uri_sans: list[str] = Field([], alias="peerUriSans")
+    peer_dns_sans: list[str] = Field([], alias="peerDnsSans")
     source_ip: str | None = Field(None, alias="sourceIp")
+    direct_source_ip: str | None = Field(None, alias="directSourceIp")
     destination_ip: str | None = Field(None, alias="destinationIp")
     destination_port: int | None = Field(None, alias="destinationPort")
     sni: str | None = None
@@ -62,7 +67,8 @@ class RequestSpec(BaseModel):
             method=self.method, path=self.path, host=self.host, headers=headers,
             source_ip=self.source_ip, source_principal=self.source_principal,
             destination_ip=self.destination_ip, destination_port=self.destination_port,
-            sni=self.sni, context_extensions=ext,
+            sni=self.sni, context_extensions=ext, direct_source_ip=self.direct_source_ip,
+            peer_uri_sans=self.peer_uri_sans, peer_dns_sans=self.peer_dns_sans,
         )
 
 

@@ -99,7 +99,12 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                          help="a request header line (repeat a name for several lines)")
     explain.add_argument("--source-principal", help="mTLS peer, e.g. "
                                                     "spiffe://cluster.local/ns/foo/sa/sleep")
-    explain.add_argument("--source-ip")
+    explain.add_argument("--peer-uri-san", action="append", default=[], metavar="URI",
+                         help="a URI SAN of the peer certificate (repeatable; replaces "
+                              "--source-principal)")
+    explain.add_argument("--source-ip", help="the connection's remote address")
+    explain.add_argument("--direct-source-ip", help="the physical peer behind the PROXY "
+                                                    "protocol (default --source-ip)")
     explain.add_argument("--destination-ip")
     explain.add_argument("--destination-port", type=int)
     explain.add_argument("--sni")
@@ -164,6 +169,7 @@ def _request_from_flags(args: argparse.Namespace) -> Any:
     return RequestSpec.model_validate(dict(
         method=args.method, path=args.path, host=args.host, headers=headers,
         sourcePrincipal=args.source_principal, sourceIp=args.source_ip,
+        peerUriSans=args.peer_uri_san, directSourceIp=args.direct_source_ip,
         destinationIp=args.destination_ip, destinationPort=args.destination_port,
         sni=args.sni, jwt=args.jwt, namespace=args.namespace, labels=labels,
     )).to_request()

@@ -125,3 +125,80 @@ async def test_serve_subprocess_answers_check(start_mixer: Any, free_port: Any) 
         resp = await external_auth_pb2_grpc.AuthorizationStub(channel).Check(request)
     assert resp.denied_response.status.code == 403
     assert proc.stop() == 0  # SIGTERM drains and exits cleanly
+
+
+ALIASES_POLICY = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-only, namespace: foo}
+spec:
+  rules: [{from: [{source: {principals: ["td1/ns/foo/sa/web"]}}]}]
+"""
+
+
+def test_explain_trust_domain_aliases_flags_and_env(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--trust-domain/--trust-domain-aliases (or their env) make td2 match a td1 principal."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text(ALIASES_POLICY)
+    ask = ["explain", "--policy", str(policy), "--namespace", "foo",
+           "--peer-uri-san", "spiffe://other/ns/foo/sa/x",
+           "--peer-uri-san", "spiffe://td2/ns/foo/sa/web"]
+    assert cli.main(ask) == 1
+    assert cli.main([*ask, "--trust-domain", "td1", "--trust-domain-aliases", "td2,td3"]) == 0
+    monkeypatch.setenv("MIXER_AUTHZ_TRUST_DOMAIN", "td1")
+    monkeypatch.setenv("MIXER_AUTHZ_TRUST_DOMAIN_ALIASES", "td2")
+    assert cli.main(ask) == 0
+    capsys.readouterr()
+
+
+def test_explain_repeated_header_flags_are_separate_lines(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A repeated -H NAME is a header sent on several lines, each matched on its own."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text("""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-guest, namespace: foo}
+spec:
+  action: DENY
+  rules: [{when: [{key: "request.headers[x-role]", values: ["guest"]}]}]
+""")
+    base = ["explain", "--policy", str(policy), "--namespace", "foo"]
+    assert cli.main([*base, "-H", "x-role: admin", "-H", "x-role: guest"]) == 1
+    assert cli.main([*base, "-H", "x-role: admin,guest"]) == 0
+    capsys.readouterr()
+
+
+def test_cases_file_with_peer_sans_header_lines_and_direct_ip(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Cases accept peerUriSans, header lists and directSourceIp."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text("""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/x/sa/bad"]}}]
+  - from: [{source: {ipBlocks: ["10.0.0.0/8"]}}]
+  - when: [{key: "request.headers[x-role]", values: ["guest"]}]
+""")
+    cases = tmp_path / "cases.yaml"
+    cases.write_text("""
+defaults: {namespace: foo}
+cases:
+- name: second SAN is checked
+  request: {peerUriSans: ["spiffe://a", "spiffe://cluster.local/ns/x/sa/bad"]}
+  expect: deny
+- name: physical peer, not the PROXY address
+  request: {sourceIp: 10.1.1.1, directSourceIp: 192.168.0.1}
+  expect: allow
+- name: header lines
+  request: {headers: {x-role: [admin, guest]}}
+  expect: deny
+""")
+    assert cli.main(["test", "--policy", str(policy), str(cases)]) == 0
+    assert "3 passed, 0 failed" in capsys.readouterr().out

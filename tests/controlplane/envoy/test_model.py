@@ -1,0 +1,42 @@
+"""controlplane.envoy.model: endpoints, workload identity and upstream names."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from controlplane.envoy.model import Endpoint, Upstream, Workload
+
+
+def test_endpoint_parse_rejects_garbage() -> None:
+    """HOST:PORT parsing names the bad value."""
+    assert Endpoint.parse("authz:9191") == Endpoint("authz", 9191)
+    assert Endpoint.parse("[::1]:15000") == Endpoint("::1", 15000)
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        Endpoint.parse("authz")
+
+
+def test_ip_hosts_are_told_apart_from_names() -> None:
+    """Literal IPs (v4 and v6) are IPs; DNS names are not."""
+    assert Endpoint("10.0.0.1", 1).is_ip and Endpoint("::1", 1).is_ip
+    assert not Endpoint("authz", 1).is_ip
+
+
+def test_workload_identity_in_istio_terms() -> None:
+    """Node id, node cluster, labels and the ext_authz context extensions."""
+    wl = Workload("reviews", "shop", version="v2", extra_labels=(("tier", "web"),))
+    assert wl.node_id("sidecar") == "sidecar~127.0.0.1~reviews-0.shop~shop.svc.cluster.local"
+    assert wl.node_cluster == "reviews.shop"
+    assert wl.labels["service.istio.io/canonical-revision"] == "v2"
+    assert wl.labels["tier"] == "web"
+    assert wl.context_extensions()["label.tier"] == "web"
+    assert json.loads(base64.b64decode(wl.peer_metadata_header())) == wl.metadata()
+
+
+def test_upstream_names_follow_istio() -> None:
+    """Outbound cluster name and the host names a client may use."""
+    up = Upstream("ratings", Endpoint("127.0.0.1", 9106), "shop", 9080)
+    assert up.cluster_name == "outbound|9080||ratings.shop.svc.cluster.local"
+    assert "ratings.shop:9080" in up.domains and "ratings" in up.domains

@@ -1,0 +1,919 @@
+"""Differential harness: Istio's golden RBAC in a real Envoy against ``mixer authz``.
+
+For each golden case (``CASES``, restated from istio's ``TestGenerator_GenerateHTTP``) one Envoy
+runs two listeners: "istio" carries the golden RBAC filter(s) after Envoy's own ``jwt_authn``
+(which writes the ``envoy.filters.http.jwt_authn`` payload metadata the golden RBAC reads),
+"mixer" carries ext_authz pointing at ``mixer authz --policy <the -in.yaml>``. Both listeners
+take a PROXY protocol header first, so a test on loopback can present any source address,
+destination address and destination port, then TLS with an optional client certificate.
+
+Requests (``Probe``) are generated from each input: for every rule, every source x operation
+pair is first filled with a value each field accepts, then each field in turn is swapped for
+each of its values, its not-values, near misses and absence, while the others keep theirs.
+Every probe is sent to both listeners and the verdicts compared.
+
+This module is test support: plain functions and frozen data, no pytest.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import re
+import socket
+import ssl
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+GOLDEN = HERE / "http"
+
+#: The workload Istio's builder test generates for (``node()`` in builder_test.go).
+WORKLOAD_EXTENSIONS = {"namespace": "foo", "label.app": "httpbin", "label.version": "v1"}
+DEFAULT_HOST = "httpbin.foo"
+DEFAULT_IP = "127.0.0.1"
+DEFAULT_PORT = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One golden case: input, output filter files in order, trust-domain bundle."""
+
+    name: str
+    input: str
+    outputs: tuple[str, ...]
+    trust_domain: str | None = None
+    aliases: tuple[str, ...] = ()
+
+
+#: ``TestGenerator_GenerateHTTP`` at istio 86c9f01f, minus the CUSTOM cases (see NOT_APPLICABLE).
+CASES: tuple[Case, ...] = (
+    Case("allow-empty-rule", "allow-empty-rule-in.yaml", ("allow-empty-rule-out.yaml",)),
+    Case("allow-full-rule", "allow-full-rule-in.yaml", ("allow-full-rule-out.yaml",)),
+    Case("allow-nil-rule", "allow-nil-rule-in.yaml", ("allow-nil-rule-out.yaml",)),
+    Case("allow-path", "allow-path-in.yaml", ("allow-path-out.yaml",)),
+    Case("audit-full-rule", "audit-full-rule-in.yaml", ("audit-full-rule-out.yaml",)),
+    Case("deny-and-allow", "deny-and-allow-in.yaml",
+         ("deny-and-allow-out1.yaml", "deny-and-allow-out2.yaml")),
+    Case("deny-empty-rule", "deny-empty-rule-in.yaml", ("deny-empty-rule-out.yaml",)),
+    Case("dry-run-allow-and-deny", "dry-run-allow-and-deny-in.yaml",
+         ("dry-run-allow-and-deny-out1.yaml", "dry-run-allow-and-deny-out2.yaml")),
+    Case("dry-run-allow", "dry-run-allow-in.yaml", ("dry-run-allow-out.yaml",)),
+    Case("dry-run-mix", "dry-run-mix-in.yaml", ("dry-run-mix-out.yaml",)),
+    Case("multiple-policies", "multiple-policies-in.yaml", ("multiple-policies-out.yaml",)),
+    Case("single-policy", "single-policy-in.yaml", ("single-policy-out.yaml",)),
+    Case("trust-domain-one-alias", "simple-policy-td-aliases-in.yaml",
+         ("simple-policy-td-aliases-out.yaml",), "td1", ("cluster.local",)),
+    Case("trust-domain-multiple-aliases", "simple-policy-multiple-td-aliases-in.yaml",
+         ("simple-policy-multiple-td-aliases-out.yaml",), "td1", ("cluster.local", "some-td")),
+    Case("trust-domain-wildcard-in-principal", "simple-policy-principal-with-wildcard-in.yaml",
+         ("simple-policy-principal-with-wildcard-out.yaml",), "td1", ("foobar",)),
+    Case("trust-domain-aliases-in-source-principal", "td-aliases-source-principal-in.yaml",
+         ("td-aliases-source-principal-out.yaml",), "new-td", ("old-td", "some-trustdomain")),
+    Case("trust-domains-field", "trust-domains-in.yaml", ("trust-domains-out.yaml",)),
+)
+
+#: Golden cases of that table we do not run, and why (they count as "not applicable").
+NOT_APPLICABLE: dict[str, str] = {
+    name: "CUSTOM action: mixer authz rejects CUSTOM by design (it is the CUSTOM provider)"
+    for name in ("custom-grpc-provider-no-namespace", "custom-grpc-provider",
+                 "custom-http-provider", "custom-bad-multiple-providers",
+                 "custom-bad-invalid-config")
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Probes: one request with everything both listeners can see.
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One request: HTTP parts, connection parts (PROXY header, TLS) and JWT claims."""
+
+    method: str = "GET"
+    path: str = "/"
+    host: str = DEFAULT_HOST
+    headers: tuple[tuple[str, str], ...] = ()
+    sans: tuple[str, ...] | None = None  # client certificate SANs ("URI:..", "DNS:.."), or none
+    sni: str | None = None
+    src_ip: str = DEFAULT_IP
+    dst_ip: str = DEFAULT_IP
+    dst_port: int = DEFAULT_PORT
+    claims: str | None = None  # JSON of the JWT payload, or no token
+    # What this probe varies (its mismatch class); not part of its identity, so two fields
+    # producing the same request send it once.
+    tag: str = field(default="base", compare=False)
+
+    @property
+    def connection_key(self) -> tuple[Any, ...]:
+        """Probes with equal keys can share one connection (same PROXY header, cert, SNI)."""
+        return (self.src_ip, self.dst_ip, self.dst_port, self.sans, self.sni)
+
+    def describe(self) -> str:
+        """A compact one-line rendering for failure messages."""
+        parts = [f"{self.method} {self.path}", f"host={self.host}"]
+        parts += [f"{k}: {v!r}" for k, v in self.headers]
+        if self.sans is not None:
+            parts.append(f"cert={list(self.sans)}")
+        if self.sni is not None:
+            parts.append(f"sni={self.sni}")
+        if self.src_ip != DEFAULT_IP:
+            parts.append(f"src={self.src_ip}")
+        if (self.dst_ip, self.dst_port) != (DEFAULT_IP, DEFAULT_PORT):
+            parts.append(f"dst={self.dst_ip}:{self.dst_port}")
+        if self.claims is not None:
+            parts.append(f"jwt={self.claims}")
+        return " ".join(parts)
+
+
+@dataclass
+class _Spec:
+    """A probe under construction; fields are filled slot by slot, then frozen."""
+
+    method: str = "GET"
+    path: str = "/"
+    host: str = DEFAULT_HOST
+    headers: dict[str, list[str]] = field(default_factory=dict)
+    sans: dict[int, list[str]] = field(default_factory=dict)
+    sni: str | None = None
+    src_ip: str = DEFAULT_IP
+    xff: list[str] | None = None
+    dst_ip: str = DEFAULT_IP
+    dst_port: int = DEFAULT_PORT
+    claims: dict[str, Any] = field(default_factory=dict)
+
+    def copy(self) -> _Spec:
+        """A deep enough copy: the dict/list slots are copied, strings are immutable."""
+        return replace(
+            self, headers={k: list(v) for k, v in self.headers.items()},
+            sans={k: list(v) for k, v in self.sans.items()},
+            xff=None if self.xff is None else list(self.xff),
+            claims=json.loads(json.dumps(self.claims)),
+        )
+
+    def freeze(self, tag: str) -> Probe:
+        """The immutable probe; a token gets a default issuer/subject if a claim needs one."""
+        headers = [(name, value) for name, values in self.headers.items() for value in values]
+        if self.xff is not None:
+            headers.append(("x-forwarded-for", ", ".join(self.xff)))
+        sans = [san for slot in sorted(self.sans) for san in self.sans[slot]]
+        claims = None
+        if self.claims:
+            body = {"iss": "https://issuer.example", "sub": "alice", **self.claims}
+            claims = json.dumps(body, sort_keys=True)
+        return Probe(
+            method=self.method, path=self.path, host=self.host, headers=tuple(headers),
+            sans=tuple(sans) if sans else None, sni=self.sni, src_ip=self.src_ip,
+            dst_ip=self.dst_ip, dst_port=self.dst_port, claims=claims, tag=tag,
+        )
+
+
+Apply = Callable[[_Spec], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One field of a rule: what it constrains, its values and its not-values."""
+
+    kind: str
+    values: tuple[str, ...]
+    not_values: tuple[str, ...]
+    arg: tuple[str, ...] = ()  # header name, or claim path
+    slot: int = 0  # where its SAN/claim goes, so fields of one rule do not overwrite each other
+
+
+_SOURCE_KEYS = {
+    "principals": "principal", "requestPrincipals": "request_principal",
+    "namespaces": "namespace", "ipBlocks": "source_ip", "remoteIpBlocks": "remote_ip",
+    "serviceAccounts": "service_account", "trustDomains": "trust_domain",
+}
+_OPERATION_KEYS = {"methods": "method", "hosts": "host", "ports": "port", "paths": "path"}
+_CONDITION_KEYS = {
+    "source.ip": "source_ip", "remote.ip": "remote_ip", "source.namespace": "namespace",
+    "source.principal": "principal", "request.auth.principal": "request_principal",
+    "destination.ip": "dest_ip", "destination.port": "port", "connection.sni": "sni",
+}
+#: Fields no listener can be driven on (counted, never generated). Istio reads the metadata of
+#: an arbitrary filter; no filter in either chain sets ``envoy.filters.a.b``.
+UNDRIVEN_PREFIX = "experimental.envoy.filters."
+
+
+def _pairs(block: dict[str, Any], keys: dict[str, str], slot0: int) -> list[Field]:
+    out = []
+    for i, (key, kind) in enumerate(keys.items()):
+        not_key = "not" + key[0].upper() + key[1:]
+        values, not_values = block.get(key) or [], block.get(not_key) or []
+        if values or not_values:
+            out.append(Field(kind, tuple(map(str, values)), tuple(map(str, not_values)),
+                             slot=slot0 + i))
+    return out
+
+
+def _condition(cond: dict[str, Any], slot: int) -> Field | None:
+    key = str(cond["key"])
+    values = tuple(map(str, cond.get("values") or []))
+    not_values = tuple(map(str, cond.get("notValues") or []))
+    if key in _CONDITION_KEYS:
+        return Field(_CONDITION_KEYS[key], values, not_values, slot=slot)
+    if m := re.fullmatch(r"request\.headers\[(.+)\]", key):
+        return Field("header", values, not_values, (m.group(1),), slot)
+    if key == "request.auth.audiences":
+        return Field("claim", values, not_values, ("aud",), slot)
+    if key == "request.auth.presenter":
+        return Field("claim", values, not_values, ("azp",), slot)
+    if key.startswith("request.auth.claims["):
+        return Field("claim", values, not_values, tuple(re.findall(r"\[([^\]]+)\]", key)), slot)
+    return None
+
+
+def rule_combos(rule: dict[str, Any]) -> Iterator[list[Field]]:
+    """Each source x operation pair of a rule, with its conditions: the fields to satisfy."""
+    whens = [f for i, c in enumerate(rule.get("when") or [])
+             if (f := _condition(c, 100 + i)) is not None]
+    sources = [f.get("source") or {} for f in rule.get("from") or []] or [{}]
+    operations = [t.get("operation") or {} for t in rule.get("to") or []] or [{}]
+    for src in sources:
+        for op in operations:
+            yield _pairs(src, _SOURCE_KEYS, 0) + _pairs(op, _OPERATION_KEYS, 50) + whens
+
+
+def undriven_conditions(policies: Sequence[dict[str, Any]]) -> int:
+    """How many conditions of these policies no probe can drive."""
+    return sum(1 for p in policies for r in (p.get("spec") or {}).get("rules") or []
+               for c in r.get("when") or [] if str(c["key"]).startswith(UNDRIVEN_PREFIX))
+
+
+# String patterns the Istio way: "*" presence, "x*" prefix, "*x" suffix, else exact.
+
+def _examples(pattern: str, filler: str = "x") -> list[str]:
+    if pattern == "*":
+        return ["any-" + filler]
+    if pattern.endswith("*"):
+        return [pattern[:-1] + filler, pattern[:-1]]
+    if pattern.startswith("*"):
+        return [filler + pattern[1:], pattern[1:]]
+    return [pattern]
+
+
+def _near_misses(pattern: str) -> list[str]:
+    core = pattern.strip("*")
+    if not core:
+        return []
+    out = [core + "z", "z" + core, core[:-1]]
+    if core.upper() != core:
+        out.append(core.upper())
+    return out
+
+
+def _ip_examples(block: str) -> tuple[list[str], list[str]]:
+    """Addresses inside a block (first, last) and just outside it."""
+    net = ipaddress.ip_network(block, strict=False)
+    inside = [str(net.network_address), str(net.broadcast_address)]
+    outside = [str(net.broadcast_address + 1)]
+    if int(net.network_address) > 0:
+        outside.append(str(net.network_address - 1))
+    return list(dict.fromkeys(inside)), outside
+
+
+Variant = tuple[str, Apply]
+
+
+def _set(attr: str, value: Any) -> Apply:
+    return lambda s: setattr(s, attr, value)
+
+
+def _san(slot: int, sans: list[str] | None) -> Apply:
+    def apply(s: _Spec) -> None:
+        if sans is None:
+            s.sans.pop(slot, None)
+        else:
+            s.sans[slot] = list(sans)
+    return apply
+
+
+def _claims(path: Sequence[str], value: Any) -> Apply:
+    def apply(s: _Spec) -> None:
+        node = s.claims
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        if value is None:
+            node.pop(path[-1], None)
+        else:
+            node[path[-1]] = value
+    return apply
+
+
+def _principal_claims(principal: str | None, split: str = "last") -> Apply:
+    def apply(s: _Spec) -> None:
+        if principal is None:
+            s.claims.pop("iss", None)
+            s.claims.pop("sub", None)
+            return
+        if "/" not in principal:
+            iss, sub = principal, ""
+        elif split == "last":
+            iss, _, sub = principal.rpartition("/")
+        else:
+            iss, _, sub = principal.partition("/")
+        s.claims["iss"], s.claims["sub"] = iss, sub
+    return apply
+
+
+def _concretes(f: Field) -> list[tuple[str, str]]:
+    """(origin, concrete string): examples of values, of not-values, and near misses."""
+    out = [("value", c) for v in f.values for c in _examples(v)]
+    out += [("notvalue", c) for v in f.not_values for c in _examples(v)]
+    out += [("near-miss", c) for v in f.values + f.not_values for c in _near_misses(v)]
+    return out
+
+
+def variants(f: Field) -> list[Variant]:
+    """Every way this probe generator varies one field; the first is the satisfying one.
+
+    Tags name the class a disagreement falls into (see ``CLASS_DESCRIPTIONS``).
+    """
+    k, out = f.kind, []
+    if k in ("source_ip", "remote_ip", "dest_ip"):
+        for origin, vs in (("value", f.values), ("notvalue", f.not_values)):
+            for v in vs:
+                inside, outside = _ip_examples(v)
+                for ip in inside:
+                    out += _ip_variants(k, origin, ip)
+                for ip in outside:
+                    out += _ip_variants(k, "near-miss", ip)
+        return out
+    if k == "port":
+        for origin, vs in (("value", f.values), ("notvalue", f.not_values)):
+            out += [(f"{origin}:port", _set("dst_port", int(v))) for v in vs]
+        out += [("near-miss:port", _set("dst_port", int(v) + 1)) for v in f.values]
+        return out
+    concretes = _concretes(f)
+    if k == "path":
+        for origin, c in concretes:
+            out += [(f"{origin}:{tag}", _set("path", p)) for tag, p in _path_forms(c)]
+    elif k == "host":
+        for origin, c in concretes:
+            out += [(f"{origin}:host", _set("host", c)),
+                    (f"{origin}:host-with-port", _set("host", c + ":80"))]
+            if c.swapcase() != c:
+                out.append((f"{origin}:host-case", _set("host", c.swapcase())))
+    elif k == "method":
+        for origin, c in concretes:
+            out.append((f"{origin}:method", _set("method", c)))
+            if c.lower() != c:
+                out.append((f"{origin}:method-lower-case", _set("method", c.lower())))
+    elif k == "sni":
+        for origin, c in concretes:
+            out.append((f"{origin}:sni", _set("sni", c)))
+            if c.upper() != c:
+                out.append((f"{origin}:sni-upper-case", _set("sni", c.upper())))
+        out.append(("absent:sni", _set("sni", None)))
+    elif k == "header":
+        name = f.arg[0]
+
+        def lines(values: list[str], header: str = name.lower()) -> Apply:
+            def apply(s: _Spec) -> None:
+                s.headers.pop(name.lower(), None)
+                s.headers.pop(name.upper(), None)
+                s.headers[header] = list(values)
+            return apply
+
+        for origin, c in concretes:
+            out += [(f"{origin}:header", lines([c])),
+                    (f"{origin}:header-repeated-line-after", lines(["other", c])),
+                    (f"{origin}:header-repeated-line-before", lines([c, "other"])),
+                    (f"{origin}:header-same-line-twice", lines([c, c])),
+                    (f"{origin}:header-name-case", lines([c], name.upper()))]
+        out += [("empty:header-empty-value", lines([""])),
+                ("empty:header-empty-line-and-value", lines(["", "header"])),
+                ("absent:header", lines([]))]
+    elif k == "principal":
+        for origin, c in concretes:
+            uri = "URI:spiffe://" + c
+            out += [(f"{origin}:principal", _san(f.slot, [uri])),
+                    (f"{origin}:principal-second-uri-san",
+                     _san(f.slot, ["URI:spiffe://cluster.local/ns/other/sa/other", uri])),
+                    (f"{origin}:principal-dns-san-only", _san(f.slot, ["DNS:" + c])),
+                    (f"{origin}:principal-uri-without-spiffe", _san(f.slot, ["URI:" + c]))]
+        out.append(("absent:principal", _san(f.slot, None)))
+    elif k == "namespace":
+        for origin, c in concretes:
+            out += [(f"{origin}:namespace",
+                     _san(f.slot, [f"URI:spiffe://cluster.local/ns/{c}/sa/default"])),
+                    (f"{origin}:namespace-no-sa",
+                     _san(f.slot, [f"URI:spiffe://cluster.local/ns/{c}"])),
+                    (f"{origin}:namespace-deeper-path",
+                     _san(f.slot, [f"URI:spiffe://cluster.local/x/ns/{c}/sa/default"])),
+                    (f"{origin}:namespace-second-uri-san",
+                     _san(f.slot, ["URI:spiffe://cluster.local/ns/other/sa/default",
+                                   f"URI:spiffe://cluster.local/ns/{c}/sa/default"]))]
+        out.append(("absent:namespace", _san(f.slot, None)))
+    elif k == "service_account":
+        for origin, v in [("value", v) for v in f.values] + [("notvalue", v)
+                                                            for v in f.not_values]:
+            ns, _, sa = v.rpartition("/")
+            ns = ns or "foo"
+            base = f"spiffe://cluster.local/ns/{ns}/sa/{sa}"
+            out += [(f"{origin}:service-account", _san(f.slot, ["URI:" + base])),
+                    (f"{origin}:service-account-extra-segment",
+                     _san(f.slot, ["URI:" + base + "/extra"])),
+                    (f"{origin}:service-account-middle-segment",
+                     _san(f.slot, [f"URI:spiffe://cluster.local/ns/{ns}/x/sa/{sa}"])),
+                    (f"{origin}:service-account-other-trust-domain",
+                     _san(f.slot, [f"URI:spiffe://other.td/ns/{ns}/sa/{sa}"])),
+                    (f"{origin}:service-account-other-namespace",
+                     _san(f.slot, [f"URI:spiffe://cluster.local/ns/{ns}x/sa/{sa}"])),
+                    ("near-miss:service-account", _san(f.slot, ["URI:" + base + "x"])),
+                    ("near-miss:service-account-prefix",
+                     _san(f.slot, [f"URI:spiffe://cluster.local/ns/{ns}/sa/x{sa}"]))]
+        out.append(("absent:service-account", _san(f.slot, None)))
+    elif k == "trust_domain":
+        for origin, c in concretes:
+            out += [(f"{origin}:trust-domain",
+                     _san(f.slot, [f"URI:spiffe://{c}/ns/foo/sa/default"])),
+                    (f"{origin}:trust-domain-case",
+                     _san(f.slot, [f"URI:spiffe://{c.upper()}/ns/foo/sa/default"]))]
+        out.append(("absent:trust-domain", _san(f.slot, None)))
+    elif k == "request_principal":
+        for origin, c in concretes:
+            out.append((f"{origin}:request-principal", _principal_claims(c)))
+            out.append((f"{origin}:request-principal-with-subject",
+                        _principal_claims(c + "/sub")))
+            if "/" in c:
+                out.append((f"{origin}:request-principal-split-first-slash",
+                            _principal_claims(c, "first")))
+        out += [("nested:request-principal-url-issuer",
+                 _principal_claims("https://example.com/a/b")),
+                ("absent:request-principal", _principal_claims(None))]
+    elif k == "claim":
+        for origin, c in concretes:
+            out.append((f"{origin}:claim", _claims(f.arg, c)))
+            if f.arg not in (("iss",), ("sub",)):  # a list issuer is no token at all
+                out += [(f"{origin}:claim-list", _claims(f.arg, ["other", c])),
+                        (f"{origin}:claim-space-separated", _claims(f.arg, f"other {c}"))]
+        out.append(("absent:claim", _claims(f.arg, None)))
+    return out
+
+
+def _ip_variants(kind: str, origin: str, ip: str) -> list[Variant]:
+    if kind == "dest_ip":
+        return [(f"{origin}:destination-ip", _set("dst_ip", ip))]
+    if kind == "source_ip":
+        return [(f"{origin}:source-ip", _set("src_ip", ip)),
+                (f"{origin}:source-ip-only-in-xff", _set("xff", [ip]))]
+    # remote.ip: the right-most X-Forwarded-For entry (Istio's inbound HCM trusts 0 hops and
+    # does not use the remote address), or the peer when the header is absent.
+    return [(f"{origin}:remote-ip-xff", _set("xff", [ip])),
+            (f"{origin}:remote-ip-peer-without-xff", _set("src_ip", ip)),
+            (f"{origin}:remote-ip-left-of-xff", _set("xff", [ip, "127.0.0.9"]))]
+
+
+def _path_forms(c: str) -> list[tuple[str, str]]:
+    """Concrete request paths for one pattern example (templates instantiated)."""
+    if "{" in c:
+        one = c.replace("{**}", "a/b").replace("{*}", "x")
+        return [("path-template", one),
+                ("path-template-more-segments", c.replace("{**}", "a").replace("{*}", "x/y")),
+                ("path-template-empty-segment", c.replace("{**}", "").replace("{*}", ""))]
+    if not c.startswith("/"):
+        # Envoy only ever sees absolute paths, so Istio's "x" can never match; "/x" must not.
+        return [("path-without-leading-slash", "/" + c)]
+    return [("path", c), ("path-trailing-slash", c + "/"), ("path-query", c + "?q=1"),
+            ("path-case", c.upper())]
+
+
+def generate(policies: Sequence[dict[str, Any]]) -> list[Probe]:
+    """All probes for a case's policies, deduplicated, in a stable order."""
+    probes: dict[Probe, None] = {Probe(): None, Probe(sans=("URI:spiffe://cluster.local/ns/foo/sa/x",),
+                                                        tag="base:peer"): None}
+    for policy in policies:
+        for rule in (policy.get("spec") or {}).get("rules") or []:
+            for combo in rule_combos(rule):
+                per_field = [variants(f) for f in combo]
+                base = _Spec()
+                for vs in per_field:
+                    for tag, apply in vs:
+                        if tag.startswith("value:"):
+                            apply(base)
+                            break
+                probes.setdefault(base.freeze("base"), None)
+                for vs in per_field:
+                    for tag, apply in vs:
+                        spec = base.copy()
+                        apply(spec)
+                        probes.setdefault(spec.freeze(tag), None)
+    return list(probes)
+
+
+# --------------------------------------------------------------------------------------------
+# Certificates (a CA made for the test), JWTs, the mixer's policy file.
+
+
+class Pki:
+    """A test CA, Envoy's server certificate, and client certificates made on demand."""
+
+    def __init__(self, workdir: Path) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self._x509, self._hashes, self._ser, self._ec = x509, hashes, serialization, ec
+        self._oid = NameOID
+        self.dir = workdir
+        self.ca_key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "differential test CA")])
+        now = datetime.datetime.now(datetime.UTC)
+        self.ca = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(self.ca_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.ca_key, hashes.SHA256())
+        )
+        self.ca_path = self._write("ca.pem", self.ca.public_bytes(serialization.Encoding.PEM))
+        self.server_cert, self.server_key = self._issue("server", ("DNS:" + DEFAULT_HOST,))
+        self._clients: dict[tuple[str, ...], tuple[Path, Path]] = {}
+
+    def _write(self, name: str, data: bytes) -> Path:
+        path = self.dir / name
+        path.write_bytes(data)
+        return path
+
+    def _issue(self, stem: str, sans: Sequence[str]) -> tuple[Path, Path]:
+        x509, ser = self._x509, self._ser
+        key = self._ec.generate_private_key(self._ec.SECP256R1())
+        names: list[x509.GeneralName] = []
+        for san in sans:
+            kind, _, value = san.partition(":")
+            names.append(x509.UniformResourceIdentifier(value) if kind == "URI"
+                         else x509.DNSName(value))
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(self._oid.COMMON_NAME, "workload")]))
+            .issuer_name(self.ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+        )
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.sign(self.ca_key, self._hashes.SHA256())
+        cert_path = self._write(f"{stem}.pem", cert.public_bytes(ser.Encoding.PEM))
+        key_path = self._write(f"{stem}.key", key.private_bytes(
+            ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()))
+        return cert_path, key_path
+
+    def client(self, sans: tuple[str, ...]) -> tuple[Path, Path]:
+        """Certificate and key files for a client with these SANs (made once)."""
+        if sans not in self._clients:
+            self._clients[sans] = self._issue(f"client{len(self._clients)}", sans)
+        return self._clients[sans]
+
+
+class Tokens:
+    """One RSA key; tokens signed with it for any payload, and its JWKS."""
+
+    def __init__(self) -> None:
+        from joserfc.jwk import RSAKey
+
+        self.key = RSAKey.generate_key(2048, parameters={"kid": "k1", "alg": "RS256"})
+        self.jwks = json.dumps({"keys": [self.key.as_dict(private=False)]})
+        self._cache: dict[str, str] = {}
+
+    def token(self, claims_json: str) -> str:
+        """A signed token with these claims plus an expiry an hour ahead."""
+        from joserfc import jwt
+
+        if claims_json not in self._cache:
+            body = {**json.loads(claims_json), "exp": int(time.time()) + 3600}
+            self._cache[claims_json] = jwt.encode({"alg": "RS256", "kid": "k1"}, body, self.key)
+        return self._cache[claims_json]
+
+
+def mixer_policy_text(case: Case, probes: Iterable[Probe], jwks: str) -> str:
+    """The golden input, plus a RequestAuthentication trusting the test key for every issuer
+    the probes use (Istio's proxy gets the same key in its jwt_authn filter)."""
+    text = (GOLDEN / case.input).read_text()
+    issuers = sorted({json.loads(p.claims)["iss"] for p in probes if p.claims})
+    if not issuers:
+        return text
+    authn = {
+        "apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+        "metadata": {"name": "differential-test-jwt", "namespace": "foo"},
+        "spec": {"jwtRules": [{"issuer": iss, "jwks": jwks} for iss in issuers]},
+    }
+    return text.rstrip() + "\n---\n" + yaml.safe_dump(authn, sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Envoy: two listeners per case.
+
+
+def _listener(name: str, port: int, pki: Pki, http_filters: list[Any],
+              per_route: dict[str, Any] | None = None) -> dict[str, Any]:
+    vhost: dict[str, Any] = {
+        "name": "all", "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"},
+                    "direct_response": {"status": 200, "body": {"inline_string": "allowed"}}}],
+    }
+    if per_route:
+        vhost["typed_per_filter_config"] = per_route
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
+                 ".v3.HttpConnectionManager",
+        "stat_prefix": name, "codec_type": "HTTP1",
+        # Istio's sidecar inbound defaults: BASE path normalization, XFF not replaced.
+        "normalize_path": True, "use_remote_address": False,
+        "route_config": {"name": name, "virtual_hosts": [vhost]},
+        "http_filters": [*http_filters, {"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    tls = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+                 ".DownstreamTlsContext",
+        "require_client_certificate": False,
+        "common_tls_context": {
+            "tls_certificates": [{"certificate_chain": {"filename": str(pki.server_cert)},
+                                  "private_key": {"filename": str(pki.server_key)}}],
+            "validation_context": {"trusted_ca": {"filename": str(pki.ca_path)}},
+        },
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        # The PROXY header lets a loopback client present any source and destination address.
+        "listener_filters": [{"name": "envoy.filters.listener.proxy_protocol", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3"
+                     ".ProxyProtocol"}}],
+        "filter_chains": [{
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+            "filters": [{"name": "envoy.filters.network.http_connection_manager",
+                         "typed_config": hcm}],
+        }],
+    }
+
+
+def jwt_authn_filter(jwks: str) -> dict[str, Any]:
+    """Envoy's jwt_authn as Istio configures it: any valid token or none; payload to metadata."""
+    return {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3"
+                 ".JwtAuthentication",
+        # No issuer on the provider: each case's issuers are the policy's own strings.
+        "providers": {"test": {"local_jwks": {"inline_string": jwks},
+                               "payload_in_metadata": "payload", "forward": True}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
+            {"provider_name": "test"}, {"allow_missing": {}}]}}}],
+    }}
+
+
+def ext_authz_filter(cluster: str) -> dict[str, Any]:
+    """ext_authz to ``mixer authz``; errors answer 503 so they never pass for a denial."""
+    return {"name": "envoy.filters.http.ext_authz", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "transport_api_version": "V3",
+        "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "5s"},
+        "failure_mode_allow": False, "status_on_error": {"code": 503},
+        "include_peer_certificate": True, "include_tls_session": True,
+    }}
+
+
+@dataclass(frozen=True, slots=True)
+class CasePorts:
+    """Where one case listens: the two listeners and the mixer's gRPC/admin ports."""
+
+    istio: int
+    mixer: int
+    grpc: int
+    admin: int
+
+
+def envoy_config(admin_port: int, pki: Pki, tokens: Tokens,
+                 cases: Sequence[tuple[Case, CasePorts]]) -> str:
+    """One bootstrap with an istio/mixer listener pair per case."""
+    listeners, clusters = [], []
+    per_route = {"envoy.filters.http.ext_authz": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+        "check_settings": {"context_extensions": WORKLOAD_EXTENSIONS},
+    }}
+    for case, ports in cases:
+        rbac = [yaml.safe_load((GOLDEN / out).read_text()) for out in case.outputs]
+        listeners.append(_listener(f"istio_{case.name}", ports.istio, pki,
+                                   [jwt_authn_filter(tokens.jwks), *rbac]))
+        cluster = f"authz_{case.name}"
+        listeners.append(_listener(f"mixer_{case.name}", ports.mixer, pki,
+                                   [ext_authz_filter(cluster)], per_route))
+        clusters.append({
+            "name": cluster, "type": "STATIC", "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3"
+                             ".HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": ports.grpc}}}}]}]},
+        })
+    return yaml.safe_dump({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                 "port_value": admin_port}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }, sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The client: raw HTTP/1.1 over TLS after a PROXY header, one connection per key.
+
+
+def _render(probe: Probe, tokens: Tokens) -> bytes:
+    lines = [f"{probe.method} {probe.path} HTTP/1.1", f"Host: {probe.host}"]
+    lines += [f"{name}: {value}" for name, value in probe.headers]
+    if probe.claims is not None:
+        lines.append(f"Authorization: Bearer {tokens.token(probe.claims)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class _Connection:
+    def __init__(self, port: int, probe: Probe, pki: Pki) -> None:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        raw.sendall(f"PROXY TCP4 {probe.src_ip} {probe.dst_ip} 40000 {probe.dst_port}\r\n"
+                    .encode())
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        if probe.sans is not None:
+            cert, key = pki.client(probe.sans)
+            ctx.load_cert_chain(cert, key)
+        self.sock = ctx.wrap_socket(raw, server_hostname=probe.sni)
+        self.file = self.sock.makefile("rb")
+
+    def exchange(self, data: bytes) -> tuple[int, bool]:
+        """Send one request; (status, connection still usable)."""
+        self.sock.sendall(data)
+        status_line = self.file.readline()
+        if not status_line:
+            raise ConnectionError("closed before a response")
+        status = int(status_line.split()[1])
+        length, close = 0, False
+        while (line := self.file.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "connection" and "close" in value.lower():
+                close = True
+        self.file.read(length)
+        return status, not close
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def send_all(port: int, probes: Sequence[Probe], pki: Pki, tokens: Tokens) -> list[int]:
+    """Statuses for ``probes`` sent to ``port``, reusing a connection while the key allows."""
+    statuses, conn = [], None
+    for probe in probes:
+        for attempt in range(2):
+            try:
+                if conn is None:
+                    conn = _Connection(port, probe, pki)
+                status, reusable = conn.exchange(_render(probe, tokens))
+            except (OSError, ValueError, IndexError):
+                if conn is not None:
+                    conn.close()
+                conn = None
+                if attempt:
+                    status, reusable = -1, False  # no HTTP answer at all
+                else:
+                    continue
+            break
+        statuses.append(status)
+        if not reusable and conn is not None:
+            conn.close()
+            conn = None
+    if conn is not None:
+        conn.close()
+    return statuses
+
+
+# --------------------------------------------------------------------------------------------
+# Judging.
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One probe's two answers."""
+
+    case: str
+    probe: Probe
+    istio: int
+    mixer: int
+
+    @property
+    def judged(self) -> bool:
+        """Istio's RBAC gave a verdict (200/403) or the two answers differ."""
+        return self.istio in (200, 403) or self.istio != self.mixer
+
+    @property
+    def agreed(self) -> bool:
+        """Same verdict (non-verdict answers that are equal count as not judged, not here)."""
+        return self.istio == self.mixer
+
+
+def run_probes(work: Sequence[tuple[Case, CasePorts, Sequence[Probe]]], pki: Pki,
+               tokens: Tokens, threads: int = 6) -> list[Outcome]:
+    """Send every case's probes to both its listeners; connections grouped by key."""
+    jobs: list[tuple[Case, int, list[Probe], str]] = []
+    for case, ports, probes in work:
+        groups: dict[tuple[Any, ...], list[Probe]] = defaultdict(list)
+        for probe in probes:
+            groups[probe.connection_key].append(probe)
+        for group in groups.values():
+            jobs += [(case, ports.istio, group, "istio"), (case, ports.mixer, group, "mixer")]
+    answers: dict[tuple[str, str, Probe], int] = {}
+    with ThreadPoolExecutor(threads) as pool:
+        results = pool.map(lambda j: send_all(j[1], j[2], pki, tokens), jobs)
+        for (case, _, group, side), statuses in zip(jobs, results, strict=True):
+            for probe, status in zip(group, statuses, strict=True):
+                answers[(case.name, side, probe)] = status
+    return [Outcome(case.name, p, answers[(case.name, "istio", p)],
+                    answers[(case.name, "mixer", p)])
+            for case, _, probes in work for p in probes]
+
+
+#: One line per probe tag (the part after "origin:"), for the mismatch report.
+CLASS_DESCRIPTIONS = {
+    "header-repeated-line-after": "header sent as two lines, the matching value second "
+                                  "(Envoy's RBAC sees the lines joined with ',')",
+    "header-repeated-line-before": "header sent as two lines, the matching value first",
+    "header-same-line-twice": "the same header line sent twice",
+    "header-empty-value": "header present with an empty value",
+    "header-empty-line-and-value": "header sent as an empty line plus a value line",
+    "header-name-case": "header name in upper case",
+    "header": "header with one line",
+    "request-principal": "JWT iss/sub from the policy's requestPrincipal split at its last '/' "
+                         "(no '/': sub is empty)",
+    "request-principal-with-subject": "JWT whose sub is appended to the policy value",
+    "request-principal-split-first-slash": "JWT iss/sub split at the first '/' of the value",
+    "request-principal-url-issuer": "JWT with a URL issuer containing '/'",
+    "principal": "client certificate with one URI SAN spiffe://<value>",
+    "principal-second-uri-san": "client certificate whose second URI SAN is spiffe://<value>",
+    "principal-dns-san-only": "client certificate with only a DNS SAN <value>",
+    "principal-uri-without-spiffe": "client certificate with URI SAN <value> (no spiffe://)",
+    "namespace": "peer spiffe://cluster.local/ns/<value>/sa/default",
+    "namespace-no-sa": "peer spiffe://cluster.local/ns/<value> (no /sa/)",
+    "namespace-deeper-path": "peer spiffe://cluster.local/x/ns/<value>/sa/default",
+    "namespace-second-uri-san": "namespace in the certificate's second URI SAN",
+    "service-account": "peer spiffe://cluster.local/ns/<ns>/sa/<sa>",
+    "service-account-extra-segment": "peer .../sa/<sa>/extra (Istio's regex allows it)",
+    "service-account-middle-segment": "peer .../ns/<ns>/x/sa/<sa> (Istio's regex allows it)",
+    "service-account-other-trust-domain": "peer spiffe://other.td/ns/<ns>/sa/<sa>",
+    "service-account-other-namespace": "peer in namespace <ns>x",
+    "service-account-prefix": "peer .../sa/x<sa>",
+    "trust-domain": "peer spiffe://<td>/ns/foo/sa/default",
+    "trust-domain-case": "peer trust domain in upper case",
+    "sni": "TLS SNI equal to the value",
+    "sni-upper-case": "TLS SNI in upper case",
+    "source-ip": "PROXY-protocol peer address in the block",
+    "source-ip-only-in-xff": "peer 127.0.0.1, block address only in X-Forwarded-For",
+    "remote-ip-xff": "block address as the right-most X-Forwarded-For entry",
+    "remote-ip-peer-without-xff": "block address as the peer, no X-Forwarded-For",
+    "remote-ip-left-of-xff": "block address left of another X-Forwarded-For entry",
+    "destination-ip": "PROXY-protocol destination address",
+    "port": "PROXY-protocol destination port",
+    "path": "request path", "path-trailing-slash": "path plus a trailing '/'",
+    "path-query": "path plus '?q=1'", "path-case": "path in upper case",
+    "path-without-leading-slash": "policy path without a leading '/', requested as '/'+path",
+    "path-template": "path template instantiated", "path-template-more-segments":
+        "template with an extra segment for {*}",
+    "path-template-empty-segment": "template with empty segments",
+    "host": "authority equal to the value", "host-with-port": "authority <value>:80",
+    "host-case": "authority with swapped case",
+    "method": "method equal to the value", "method-lower-case": "method in lower case",
+    "claim": "JWT claim as a string", "claim-list": "JWT claim as a list",
+    "claim-space-separated": "JWT claim as a space-separated string",
+}
+
+
+def class_of(outcome: Outcome) -> str:
+    """The mismatch class: what the probe varied (origin of the value and its form)."""
+    return outcome.probe.tag
+
+
+def describe_class(tag: str) -> str:
+    """One line for a class tag."""
+    origin, _, form = tag.partition(":")
+    desc = CLASS_DESCRIPTIONS.get(form, form or "every field at an accepted value")
+    origins = {"value": "a policy value", "notvalue": "a not-value", "near-miss": "a near miss",
+               "absent": "field absent", "empty": "empty", "base": "base request",
+               "nested": "special form"}
+    return f"{desc} ({origins.get(origin, origin)})"

@@ -10,11 +10,13 @@ Kind detection, per file, by the documents' own markers (``--kind`` skips it):
   telemetry config (``telemetry.config``);
 - anything else: the kind cannot be told, and the report says so and points at ``--kind``.
 
-A file is loaded on its own. A directory is loaded as a service given it as ``--config`` loads
-it: every file of one kind together, so cross-file errors (the same rate limit domain in two
-files, two telemetry configs) fail as they would at startup. A directory mixing kinds gets a
-note: no single service takes it. ``--merge-domains`` (env ``MERGE_DOMAIN_CONFIG``) checks
-rate limits as the service does with that setting.
+A file is loaded on its own. In a directory every file is checked on its own (so every bad file
+is reported, where a service stops at the first), then the good files of one kind are loaded
+together as a service given the directory as ``--config`` loads it, so cross-file errors (the
+same rate limit domain in two files, two telemetry configs) fail as they would at startup; the
+files are added one by one, so each file clashing with those before it is named. A directory
+mixing kinds gets a note: no single service takes it. ``--merge-domains`` (env
+``MERGE_DOMAIN_CONFIG``) checks rate limits as the service does with that setting.
 
 Each file prints ``OK <file> (<kind>)`` or ``FAIL <file> (<kind>)`` with the loader's precise
 errors (file, line, field); the exit code is 1 if anything failed.
@@ -122,13 +124,11 @@ def _load_group(kind: str, root: Path, files: list[Path], whole: bool,
         from extauthz.policy import compile_documents
 
         compile_documents([doc for f in files for doc in load_file(f)], base_dir=root)
+    elif len(files) > 1:
+        raise ConfigError("expected one YAML document for the telemetry config "
+                          "(this directory holds several telemetry files)", file=files[-1].name)
     else:
-        for file in files:
-            _loader(kind)(file)
-        if len(files) > 1:
-            raise ConfigError("expected one YAML document for the telemetry config "
-                              "(this directory holds several telemetry files)",
-                              file=files[1].name)
+        _loader(kind)(files[0])
 
 
 def _report(root: Path, kind: str, files: list[Path], errors: list[ConfigError],
@@ -176,13 +176,32 @@ def _check_directory(root: Path, files: list[Path], kind: str | None, merge_doma
         print(f"NOTE {root}: holds {', '.join(sorted(groups))} files; no single service takes "
               "it as --config (each loads every *.yaml of its directory)", file=err)
     for found, group in groups.items():
-        try:
-            _load_group(found, root, group, len(group) == len(files), merge_domains)
-            errors: list[ConfigError] = []
-        except ConfigError as exc:
-            errors = _errors(exc)
-        except (OSError, UnicodeDecodeError) as exc:
-            errors = [ConfigError(f"cannot read: {exc}", file=str(root))]
+        # Each file alone first (a service stops at the first bad file, a check should not),
+        # then the good ones together, for the errors only a whole directory has.
+        errors: list[ConfigError] = []
+        good: list[Path] = []
+        for file in group:
+            try:
+                _loader(found, merge_domains)(file)
+                good.append(file)
+            except ConfigError as exc:
+                errors += _errors(exc)
+        # Added one by one, so every file clashing with the ones before it is named (a load
+        # stops at the first clash), in the service's order (by name).
+        accepted: list[Path] = []
+        for file in good:
+            try:
+                _load_group(found, root, [*accepted, file], False, merge_domains)
+                accepted.append(file)
+            except ConfigError as exc:
+                errors += _errors(exc)
+            except (OSError, UnicodeDecodeError) as exc:
+                errors.append(ConfigError(f"cannot read: {exc}", file=file.name))
+        if accepted and len(accepted) == len(files):
+            try:
+                _load_group(found, root, accepted, True, merge_domains)
+            except ConfigError as exc:  # the service's own load of the directory has the last word
+                errors += _errors(exc)
         failed += _report(root, found, group, errors, out, err)
     return failed
 

@@ -154,3 +154,18 @@ def test_forced_kind_reports_that_kind(tmp_path: Path, capsys: pytest.CaptureFix
     path.write_text(LIMITS)
     assert cli.main(["check", "--kind", "telemetry", str(path)]) == 1
     assert f"FAIL {path} (telemetry)" in capsys.readouterr().err
+
+
+def test_directory_reports_every_bad_file(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Every bad file of a directory is named: its own errors and each clash with earlier files."""
+    (tmp_path / "a.yaml").write_text(LIMITS)
+    (tmp_path / "b.yaml").write_text(LIMITS.replace("minute", "fortnight"))
+    (tmp_path / "c.yaml").write_text(LIMITS)
+    (tmp_path / "d.yaml").write_text(LIMITS)
+    assert cli.main(["check", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert f"OK {tmp_path / 'a.yaml'} (ratelimit)" in captured.out
+    assert "b.yaml: invalid rate limit unit 'fortnight'" in captured.err
+    for name in ("c.yaml", "d.yaml"):
+        assert f"{name}: duplicate domain 'd' in config file" in captured.err

@@ -329,3 +329,29 @@ async def test_stop_increment_replays_the_references_sequence(clock: Any) -> Non
                 "key5": {"total_hits": 5, "over_limit": 1, "near_limit": 3, "within_limit": 3}}
     for key, values in expected.items():
         assert {name: stat(name, key) for name in values} == values
+
+
+OVERLAP = """\
+domain: quota-domain
+descriptors:
+  - key: regular
+    rate_limit: {unit: minute, requests_per_unit: 10}
+    metadata: {name: service_1}
+  - key: quota
+    rate_limit: {unit: minute, requests_per_unit: 1}
+    metadata: {name: service_2, other: x}
+"""
+
+
+async def test_quota_mode_metadata_of_passed_descriptors(make_request: MakeRequest,
+                                                         clock: Any) -> None:
+    """TestMetadataReturnedForPassedDescriptors / TestOverlapping...: the first value wins."""
+    config = load_texts([("q.yaml", OVERLAP)])
+    lim = limiter(clock, quota_mode=True, response_dynamic_metadata=True)
+    req = make_request("quota-domain", (("regular", "limit"),), (("quota", "limit"),))
+    both = await lim.decide(config, req)
+    assert both.metadata is not None
+    assert both.metadata["metadata"] == {"name": "service_1", "other": "x"}
+    one = await lim.decide(config, req)  # quota now over: OK overall, only regular's metadata
+    assert one.overall is Code.OK and one.metadata is not None
+    assert one.metadata["metadata"] == {"name": "service_1"}

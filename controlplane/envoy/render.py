@@ -7,7 +7,9 @@
   sorted, so output never depends on a map's internal order;
 - the fields in :data:`EXPLICIT_DEFAULTS` are printed even at their zero value. Proto3's JSON
   mapping drops a field holding its default, but a reader of a shipped file must see these
-  choices (fail closed / fail open, the load-balancing policy, the codec).
+  choices (fail closed / fail open, the load-balancing policy, the codec);
+- durations and whole doubles in their shortest form (``0.5s``, not ``0.500s``; ``100``, not
+  ``100.0``), as people write them; protobuf parses both forms to the same value.
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ def _arrange(message: Message, data: object) -> object:
 
 def _arrange_field(field: FieldDescriptor, value: object, data: object) -> object:
     if field.message_type is None:
-        return data
+        return _short_number(data)
+    if field.message_type.full_name == "google.protobuf.Duration" and isinstance(data, str):
+        return _short_duration(data)
     if field.message_type.GetOptions().map_entry:
         return _arrange_map(field.message_type, value, cast(Data, data))
     if field.is_repeated:
@@ -102,6 +106,23 @@ def _arrange_map(entry: Descriptor, value: object, data: Data) -> Data:
         return {k: data[k] for k in sorted(data)}
     mapping = cast(dict[str, Message], value)
     return {k: _arrange(mapping[k], data[k]) for k in sorted(data)}
+
+
+def _short_duration(text: str) -> str:
+    """``"0.500s"`` -> ``"0.5s"``, ``"1.000s"`` -> ``"1s"`` (the JSON mapping pads to 3/6/9)."""
+    seconds = text.removesuffix("s")
+    if "." in seconds:
+        seconds = seconds.rstrip("0").rstrip(".")
+    return seconds + "s"
+
+
+def _short_number(data: object) -> object:
+    """A whole double as an int (``100.0`` -> ``100``); repeated values element by element."""
+    if isinstance(data, float) and data.is_integer():
+        return int(data)
+    if isinstance(data, list):
+        return [_short_number(item) for item in data]
+    return data
 
 
 def _sorted_struct(data: object) -> object:

@@ -9,6 +9,7 @@ from google.protobuf import json_format
 
 from controlplane.envoy.core import pack
 from controlplane.envoy.filters import ext_authz_filter
+from controlplane.envoy.listeners import tracing_config
 from controlplane.envoy.model import MixerServices
 from controlplane.envoy.render import message_to_data, to_yaml, yaml_text
 
@@ -55,7 +56,18 @@ def test_rendered_yaml_parses_back_to_the_same_message() -> None:
     text = to_yaml(c, "# header\n")
     assert text.startswith("# header\nname: c\n")
     assert json_format.ParseDict(yaml.safe_load(text), Cluster()) == c
-    assert "connect_timeout: 0.250s" in text
+    assert "connect_timeout: 0.25s" in text
+
+
+def test_durations_and_whole_doubles_in_shortest_form() -> None:
+    """0.500s is written 0.5s, 1.000s 1s; a whole double 100.0 is written 100."""
+    c = Cluster(name="c")
+    c.connect_timeout.FromJsonString("1.5s")
+    assert message_to_data(c)["connect_timeout"] == "1.5s"
+    c.connect_timeout.FromJsonString("2s")
+    assert message_to_data(c)["connect_timeout"] == "2s"
+    sampling = message_to_data(tracing_config("svc"))["random_sampling"]
+    assert sampling == {"value": 100}
 
 
 def test_yaml_text_keeps_key_order() -> None:

@@ -272,6 +272,9 @@ class Limiter:
         stats: list[StatDelta] = []
         quota_total = quota_over = 0
         global_quota = self.settings.quota_mode
+        want_headers = self.settings.response_headers
+        headline: Status | None = None
+        headline_remaining = MAX_REMAINING
         over_any = False
         pos = 0
         for node, stats_key, addend, row, kind in items:
@@ -342,6 +345,13 @@ class Limiter:
             stats.append(StatDelta(domain_name, stats_key, addend, over, near,
                                    within, shadow, cached))
             statuses.append(chosen)
+            if want_headers:
+                # The reference's pick: the fewest remaining, but a non-quota descriptor over
+                # its limit always takes over (the last one, if several are).
+                if chosen.code is _OVER and not quota:
+                    headline, headline_remaining = chosen, 0
+                elif chosen.remaining < headline_remaining:
+                    headline, headline_remaining = chosen, chosen.remaining
             if quota:
                 quota_total += 1
                 quota_over += chosen.code is _OVER
@@ -355,7 +365,7 @@ class Limiter:
         return Decision(
             _OVER if over_any else _OK,
             tuple(statuses),
-            self._headers(statuses) if self.settings.response_headers else (),
+            self._headers(headline) if headline is not None else (),
             tuple(stats),
             True,
             global_shadow,
@@ -501,21 +511,15 @@ class Limiter:
             # only saves backend calls; an evicted key is simply asked again).
             self._over_cache.clear()
 
-    def _headers(self, statuses: Sequence[Status]) -> tuple[tuple[str, str], ...]:
-        """RateLimit-* headers from the most constrained status (an OVER_LIMIT one wins)."""
-        best: Status | None = None
-        for status in statuses:
-            if status.limit is None:
-                continue
-            if best is None or _tighter(status, best):
-                best = status
-        if best is None or best.limit is None:
+    def _headers(self, status: Status) -> tuple[tuple[str, str], ...]:
+        """RateLimit-* headers (names from the settings) for the chosen descriptor status."""
+        if status.limit is None:
             return ()
         s = self.settings
         return (
-            (s.limit_header, str(best.limit.requests_per_unit)),
-            (s.remaining_header, str(best.remaining)),
-            (s.reset_header, str(best.reset_seconds or 0)),
+            (s.limit_header, str(status.limit.requests_per_unit)),
+            (s.remaining_header, str(status.remaining)),
+            (s.reset_header, str(status.reset_seconds or 0)),
         )
 
 

@@ -355,3 +355,34 @@ async def test_quota_mode_metadata_of_passed_descriptors(make_request: MakeReque
     one = await lim.decide(config, req)  # quota now over: OK overall, only regular's metadata
     assert one.overall is Code.OK and one.metadata is not None
     assert one.metadata["metadata"] == {"name": "service_1"}
+
+
+HEADERS = """\
+domain: h
+descriptors:
+  - key: hour
+    rate_limit: {unit: hour, requests_per_unit: 1}
+  - key: tiny
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: minute
+    rate_limit: {unit: minute, requests_per_unit: 10}
+"""
+
+
+async def test_response_headers_pick_as_the_reference(make_request: MakeRequest,
+                                                      clock: Any) -> None:
+    """Headers: the fewest remaining, but the last descriptor over its limit always wins."""
+    config = load_texts([("h.yaml", HEADERS)])
+    lim = limiter(clock, response_headers=True, limit_header="A-Ratelimit-Limit",
+                  remaining_header="A-Ratelimit-Remaining", reset_header="A-Ratelimit-Reset")
+    clock.now = 1_000_002  # 42 s into its minute (999,960)
+    fewest = await lim.decide(config, make_request("h", (("minute", "m"),), (("hour", "x"),)))
+    assert dict(fewest.headers) == {"A-Ratelimit-Limit": "1", "A-Ratelimit-Remaining": "0",
+                                    "A-Ratelimit-Reset": str(3600 - 1_000_002 % 3600)}
+    await lim.decide(config, make_request("h", (("tiny", "t"),)))
+    # Both over: the later one's limit and reset, not the one blocking longest.
+    over = await lim.decide(config, make_request("h", (("hour", "x"),), (("tiny", "t"),),
+                                                 (("minute", "m"),)))
+    assert over.overall is Code.OVER_LIMIT
+    assert dict(over.headers) == {"A-Ratelimit-Limit": "1", "A-Ratelimit-Remaining": "0",
+                                  "A-Ratelimit-Reset": "18"}

@@ -530,7 +530,7 @@ class FieldCheck:
         # test (no cells) and faster local reads.
         getter, matcher, negate = self.getter, self.matcher, self.negate
         if self.many:
-            return self.matches
+            return _many_test(getter, matcher, negate)
         if isinstance(matcher, PortMatch):
             ports = matcher.ports
             if negate:
@@ -600,6 +600,32 @@ class FieldCheck:
         """JSON-able form for ``/config`` and ``explain``."""
         return {"field": self.field, "attribute": self.attribute,
                 "values": list(self.matcher.values), "negate": self.negate}
+
+
+def _many_test(getter: Callable[[Attributes], Any], matcher: Matcher,
+               negate: bool) -> Callable[[Attributes], bool]:
+    # List attributes (peer names, header lines, audiences): usually one or two elements, so a
+    # plain loop with the exact set read directly beats any() over a generator.
+    if isinstance(matcher, StringMatch) and not (
+            matcher.prefixes or matcher.suffixes or matcher.presence or matcher.templates
+            or matcher.ignore_case or matcher.regex is not None):
+        exact = matcher.exact
+
+        def any_exact(attrs: Attributes, getter: Any = getter, exact: Any = exact,
+                      negate: bool = negate) -> bool:
+            for value in getter(attrs):
+                if value in exact:
+                    return not negate
+            return negate
+        return any_exact
+
+    def any_match(attrs: Attributes, getter: Any = getter, matcher: Any = matcher,
+                  negate: bool = negate) -> bool:
+        for value in getter(attrs):
+            if matcher(value):
+                return not negate
+        return negate
+    return any_match
 
 
 def _plain(value: Any) -> Any:

@@ -159,7 +159,6 @@ def _issue(args: argparse.Namespace) -> int:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
     try:
         identity = _identity(args, load_ca(args.dir).trust_domain)
     except CAError as exc:
@@ -167,7 +166,15 @@ def _rotate(args: argparse.Namespace) -> int:
     rotator = Rotator(load_ca=lambda: load_ca(args.dir), identity=identity, out=args.out,
                       clock=_now, ttl=args.ttl, grace_ratio=args.grace_ratio)
     if args.once:
-        return 1 if rotator.tick().reason == "failed" else 0
+        decision = rotator.tick()
+        if decision.reason == "failed":
+            print(f"mixer ca: error: {decision.error}", file=sys.stderr)
+            return 1
+        what = f"reissued ({decision.reason})" if decision.reason else "still fresh"
+        print(f"{identity.uri}: {what}; next rotation due {decision.next_check.isoformat()}")
+        return 0
+    # Only the long-running form takes over logging (JSON lines on stderr, like the services).
+    configure_logging(args.log_level)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -59,10 +59,14 @@ class CurrentCert:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """``reason`` is None when nothing is to be done; ``next_check`` is when to look again."""
+    """``reason`` is None when nothing is to be done; ``next_check`` is when to look again.
+
+    ``reason`` is ``"failed"`` with the message in ``error`` when a reissue could not be done.
+    """
 
     reason: str | None
     next_check: datetime
+    error: str | None = None
 
 
 def rotation_time(not_before: datetime, not_after: datetime,
@@ -146,7 +150,7 @@ class Rotator:
         except (CAError, OSError) as exc:
             log_event(_log, "ca_rotation_failed", logging.ERROR, identity=self._identity.uri,
                       error=str(exc))
-            return Decision("failed", now + self._retry)
+            return Decision("failed", now + self._retry, error=str(exc))
         cert = issued.certificate
         log_event(_log, "ca_certificate_rotated", identity=self._identity.uri,
                   reason=decision.reason, serial=f"{cert.serial_number:x}",

@@ -41,6 +41,9 @@ WORKLOAD_EXTENSIONS = {"namespace": "foo", "label.app": "httpbin", "label.versio
 DEFAULT_HOST = "httpbin.foo"
 DEFAULT_IP = "127.0.0.1"
 DEFAULT_PORT = 8080
+#: The method a probe has unless a field sets one: no golden policy names it, so a probe that
+#: varies one field is not allowed by some other ALLOW policy's method alone.
+DEFAULT_METHOD = "PUT"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +101,7 @@ NOT_APPLICABLE: dict[str, str] = {
 class Probe:
     """One request: HTTP parts, connection parts (PROXY header, TLS) and JWT claims."""
 
-    method: str = "GET"
+    method: str = DEFAULT_METHOD
     path: str = "/"
     host: str = DEFAULT_HOST
     headers: tuple[tuple[str, str], ...] = ()
@@ -138,7 +141,7 @@ class Probe:
 class _Spec:
     """A probe under construction; fields are filled slot by slot, then frozen."""
 
-    method: str = "GET"
+    method: str = DEFAULT_METHOD
     path: str = "/"
     host: str = DEFAULT_HOST
     headers: dict[str, list[str]] = field(default_factory=dict)
@@ -490,27 +493,60 @@ def _path_forms(c: str) -> list[tuple[str, str]]:
             ("path-case", c.upper())]
 
 
-def generate(policies: Sequence[dict[str, Any]]) -> list[Probe]:
-    """All probes for a case's policies, deduplicated, in a stable order."""
-    probes: dict[Probe, None] = {Probe(): None, Probe(sans=("URI:spiffe://cluster.local/ns/foo/sa/x",),
-                                                        tag="base:peer"): None}
+#: Probes every case gets, whatever its policy mentions: plain, with a peer, with a token.
+COMMON: tuple[Probe, ...] = (
+    Probe(),
+    Probe(method="GET", tag="common"),
+    Probe(method="POST", path="/x", tag="common"),
+    Probe(sans=("URI:spiffe://cluster.local/ns/foo/sa/x",), tag="common:peer"),
+    Probe(sans=("URI:spiffe://cluster.local/ns/foo/sa/x", "URI:spiffe://td2/ns/bar/sa/y"),
+          tag="common:two-uri-sans"),
+    Probe(sans=("DNS:httpbin.foo",), tag="common:dns-san-only"),
+    Probe(claims=json.dumps({"iss": "https://issuer.example", "sub": "alice"}),
+          tag="common:jwt"),
+    Probe(headers=(("x-forwarded-for", "1.2.3.4"),), src_ip="10.0.0.1", dst_port=80,
+          tag="common:addresses"),
+)
+
+#: An HTTP/1.1 method Envoy's codec accepts (a token, no lower case: Envoy answers 400).
+_SENDABLE_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Z-]+")
+
+
+def _sendable(spec: _Spec) -> bool:
+    return bool(_SENDABLE_METHOD.fullmatch(spec.method))
+
+
+def generate(policies: Sequence[dict[str, Any]]) -> tuple[list[Probe], int]:
+    """All probes for a case's policies, deduplicated, in a stable order; and how many
+    generated requests were dropped because Envoy's codec refuses them before any filter
+    (a method such as ``rule[0]-to[0]-method[1]`` is not an HTTP token)."""
+    probes: dict[Probe, None] = dict.fromkeys(COMMON)
+    unsendable: set[Probe] = set()
     for policy in policies:
         for rule in (policy.get("spec") or {}).get("rules") or []:
             for combo in rule_combos(rule):
                 per_field = [variants(f) for f in combo]
                 base = _Spec()
                 for vs in per_field:
+                    # The first accepted value Envoy lets through; if none, the field stays
+                    # at its default and the rule cannot match (the other fields are still
+                    # varied against it).
                     for tag, apply in vs:
-                        if tag.startswith("value:"):
-                            apply(base)
+                        trial = base.copy()
+                        apply(trial)
+                        if tag.startswith("value:") and _sendable(trial):
+                            base = trial
                             break
                 probes.setdefault(base.freeze("base"), None)
                 for vs in per_field:
                     for tag, apply in vs:
                         spec = base.copy()
                         apply(spec)
-                        probes.setdefault(spec.freeze(tag), None)
-    return list(probes)
+                        if _sendable(spec):
+                            probes.setdefault(spec.freeze(tag), None)
+                        else:
+                            unsendable.add(spec.freeze(tag))
+    return list(probes), len(unsendable - set(probes))
 
 
 # --------------------------------------------------------------------------------------------
@@ -677,15 +713,34 @@ def jwt_authn_filter(jwks: str) -> dict[str, Any]:
     }}
 
 
-def ext_authz_filter(cluster: str) -> dict[str, Any]:
-    """ext_authz to ``mixer authz``; errors answer 503 so they never pass for a denial."""
-    return {"name": "envoy.filters.http.ext_authz", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-        "transport_api_version": "V3",
-        "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "5s"},
-        "failure_mode_allow": False, "status_on_error": {"code": 503},
-        "include_peer_certificate": True, "include_tls_session": True,
-    }}
+def ext_authz_filters(cluster: str) -> list[dict[str, Any]]:
+    """ext_authz to ``mixer authz`` as envoy-configs/authz.yaml sets it up (physical peer in
+    ``envoy_mixer`` metadata, raw header lines, TLS session); errors answer 503 so they never
+    pass for a denial."""
+    header = "x-mixer-direct-remote-address"
+    return [
+        {"name": "envoy.filters.http.header_mutation", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3"
+                     ".HeaderMutation",
+            "mutations": {"request_mutations": [{"append": {
+                "header": {"key": header,
+                           "value": "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}]}}},
+        {"name": "envoy.filters.http.header_to_metadata", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3"
+                     ".Config",
+            "request_rules": [{"header": header, "remove": True, "on_header_present": {
+                "metadata_namespace": "envoy_mixer", "key": "direct_remote_ip",
+                "type": "STRING"}}]}},
+        {"name": "envoy.filters.http.ext_authz", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": "5s"},
+            "failure_mode_allow": False, "status_on_error": {"code": 503},
+            "include_peer_certificate": True, "include_tls_session": True,
+            "encode_raw_headers": True, "metadata_context_namespaces": ["envoy_mixer"],
+        }},
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -712,7 +767,7 @@ def envoy_config(admin_port: int, pki: Pki, tokens: Tokens,
                                    [jwt_authn_filter(tokens.jwks), *rbac]))
         cluster = f"authz_{case.name}"
         listeners.append(_listener(f"mixer_{case.name}", ports.mixer, pki,
-                                   [ext_authz_filter(cluster)], per_route))
+                                   ext_authz_filters(cluster), per_route))
         clusters.append({
             "name": cluster, "type": "STATIC", "connect_timeout": "1s",
             "typed_extension_protocol_options": {
@@ -839,6 +894,10 @@ def run_probes(work: Sequence[tuple[Case, CasePorts, Sequence[Probe]]], pki: Pki
             groups[probe.connection_key].append(probe)
         for group in groups.values():
             jobs += [(case, ports.istio, group, "istio"), (case, ports.mixer, group, "mixer")]
+    for _, _, probes in work:  # certificates are made here, not in the threads (file names)
+        for probe in probes:
+            if probe.sans is not None:
+                pki.client(probe.sans)
     answers: dict[tuple[str, str, Probe], int] = {}
     with ThreadPoolExecutor(threads) as pool:
         results = pool.map(lambda j: send_all(j[1], j[2], pki, tokens), jobs)

@@ -5,7 +5,7 @@ protocol, and a second, mTLS listener (client certificates from a test CA) serve
 routes. One Envoy and one in-process authz service answer every case:
 
 - repeated header lines reach the engine apart (``encode_raw_headers``), so a DENY on one value
-  catches ``x-role: admin`` + ``x-role: guest``;
+  catches ``x-role: admin`` + ``x-role: guest``; an empty header value is present for ``*``;
 - an upper-case SNI cannot pass a ``notValues`` DENY;
 - ``ipBlocks`` read the physical peer behind the PROXY protocol, ``remoteIpBlocks`` the PROXY
   address, and a client-sent copy of the transient peer header changes nothing and never
@@ -46,6 +46,15 @@ spec:
   rules:
   - to: [{operation: {paths: ["/role"]}}]
     when: [{key: "request.headers[x-role]", values: ["guest"]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-flagged, namespace: foo}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/flag"]}}]
+    when: [{key: "request.headers[x-flag]", values: ["*"]}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -243,6 +252,13 @@ async def test_repeated_header_lines_cannot_pass_a_deny(proxy: Proxy) -> None:
     assert (await proxy.get("/role", ("x-role", "guest"), ("x-role", "admin")))[0] == 403
     assert (await proxy.get("/role", ("x-role", "admin,guest")))[0] == 200
     assert (await proxy.get("/role", ("x-role", "admin")))[0] == 200
+
+
+@pytest.mark.slow
+async def test_empty_header_value_is_present(proxy: Proxy) -> None:
+    """A header sent with an empty value is present for "*" (a DENY on it applies)."""
+    assert (await proxy.get("/flag", ("x-flag", "")))[0] == 403
+    assert (await proxy.get("/flag"))[0] == 200
 
 
 @pytest.mark.slow

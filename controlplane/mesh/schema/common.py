@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 #: The ``type`` of the pydantic error an ``Unsupported`` field raises (see ``errors.py``).
@@ -83,6 +83,22 @@ def _duration(value: Any) -> float:
         raise PydanticCustomError("duration", str(exc)) from None
 
 
-#: A ``google.protobuf.Duration`` field, validated to seconds.
-Duration = Annotated[float, Field(strict=False), AfterValidator(lambda v: v)]
-DurationStr = Annotated[Any, AfterValidator(_duration)]
+#: A ``google.protobuf.Duration`` field: a duration string in YAML, seconds once validated.
+Duration = Annotated[float, BeforeValidator(_duration)]
+
+
+#: Protocols a port may name (Istio's, case-insensitive), and what we can proxy of them.
+PROTOCOLS = ("HTTP", "HTTP2", "GRPC", "HTTPS", "TLS", "TCP")
+
+
+def _protocol(value: str) -> str:
+    upper = value.upper()
+    if upper and upper not in PROTOCOLS:
+        raise PydanticCustomError(
+            "protocol", "unsupported protocol '{value}' (expected one of {allowed})",
+            {"value": value, "allowed": ", ".join(PROTOCOLS)})
+    return upper
+
+
+#: A port's ``protocol``: upper-cased; empty when the file names none.
+Protocol = Annotated[str, AfterValidator(_protocol)]

@@ -5,8 +5,8 @@ A policy field such as ``paths: ["/api/*", "*.png", "/v1/{*}/items"]`` becomes o
 request costs one set lookup and two ``str.startswith``/``endswith`` calls. A ``FieldCheck``
 binds a matcher to the request attribute it reads and to its polarity (``notX`` fields are the
 negation of the OR of their values, as in Istio). ``Attributes`` is the per-request view every
-matcher reads: the request with values derived once (lower-cased host, parsed IPs, SPIFFE
-namespace, JWT identity).
+matcher reads: the request with values derived once (lower-cased host and SNI, parsed IPs, the
+peer certificate's names, JWT identity).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
-from extauthz.request import AuthzRequest, IPAddress, parse_ip, remote_ip, spiffe_namespace
+from extauthz.request import AuthzRequest, IPAddress, parse_ip, remote_ip
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -46,16 +46,16 @@ _UNSET: Any = object()
 class Attributes:
     """Everything matchers read from one request, derived once per Check.
 
-    Cheap fields are set eagerly; parsed IPs, the remote address, the SPIFFE namespace and the
+    Cheap fields are set eagerly; parsed IPs, the remote address, the peer's names and the
     lower-cased path are computed on first use only, so a policy set that never looks at IPs
     never pays for parsing them.
     """
 
     __slots__ = (
-        "_destination_ip", "_path_lower", "_peer_names", "_remote_ip", "_source_ip",
-        "_source_namespace", "auth", "auth_audiences", "auth_presenter", "auth_presenters",
-        "auth_principal", "destination_port", "header_lines", "headers", "host", "method",
-        "path", "request", "sni", "source_principal", "trusted_proxies",
+        "_destination_ip", "_path_lower", "_peer_names", "_remote_ip", "_source_ip", "auth",
+        "auth_audiences", "auth_presenter", "auth_presenters", "auth_principal",
+        "destination_port", "header_lines", "headers", "host", "method", "path", "request",
+        "sni", "trusted_proxies",
     )
 
     def __init__(
@@ -69,9 +69,6 @@ class Attributes:
         self.headers = request.headers
         self.header_lines = request.header_lines
         self.destination_port = request.destination_port
-        principal = request.source_principal
-        # Istio writes principals without the scheme and matches them as spiffe://<value>.
-        self.source_principal = principal.removeprefix("spiffe://") if principal else None
         # Envoy lower-cases the SNI it hands RBAC's requested_server_name; the CheckRequest
         # keeps the client's case, so fold it here or "API.EXAMPLE.COM" slips past a DENY.
         self.sni = request.sni.lower() if request.sni else None
@@ -84,7 +81,6 @@ class Attributes:
         self._source_ip: Any = _UNSET
         self._remote_ip: Any = _UNSET
         self._destination_ip: Any = _UNSET
-        self._source_namespace: Any = _UNSET
         self._path_lower: Any = _UNSET
 
     @property
@@ -134,14 +130,6 @@ class Attributes:
         if self._destination_ip is _UNSET:
             self._destination_ip = parse_ip(self.request.destination_ip)
         value: IPAddress | None = self._destination_ip
-        return value
-
-    @property
-    def source_namespace(self) -> str | None:
-        """The namespace in the peer's SPIFFE identity (``source.namespace``)."""
-        if self._source_namespace is _UNSET:
-            self._source_namespace = spiffe_namespace(self.request.source_principal)
-        value: str | None = self._source_namespace
         return value
 
     @property

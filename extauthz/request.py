@@ -178,13 +178,3 @@ def remote_ip(
     index = len(chain) - 1 - max(trusted_proxies, 0)
     return chain[max(index, 0)]
 
-
-def spiffe_namespace(principal: str | None) -> str | None:
-    """The namespace in a SPIFFE identity ``<td>/ns/<ns>/sa/<sa>`` (with or without scheme)."""
-    if not principal:
-        return None
-    parts = principal.removeprefix("spiffe://").split("/")
-    for i in range(len(parts) - 1):
-        if parts[i] == "ns":
-            return parts[i + 1]
-    return None

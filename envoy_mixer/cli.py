@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "telemetry.cli",             # mixer telemetry
     "envoy_mixer.envoyconfig",   # mixer envoy-config
     "envoy_mixer.check",         # mixer check
+    "controlplane.mesh.cli",     # mixer analyze
     "controlplane.ca.cli",       # mixer ca
 )
 

@@ -17,6 +17,7 @@ so every role wires our services the same way:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from envoy_mixer.envoyconfig.model import (
     AUTHZ_CLUSTER,
@@ -114,12 +115,10 @@ def authz_with_istio_inputs(authz: Json) -> list[Json]:
     - ``include_tls_session``: the SNI (``connection.sni``).
     """
     transient = "x-mixer-direct-remote-address"
-    authz = {**authz, "typed_config": {
-        **authz["typed_config"],  # type: ignore[dict-item]
-        "metadata_context_namespaces": ["envoy_mixer"],
-        "encode_raw_headers": True,
-        "include_tls_session": True,
-    }}
+    typed = dict(cast(Json, authz["typed_config"]))
+    typed.update(metadata_context_namespaces=["envoy_mixer"], encode_raw_headers=True,
+                 include_tls_session=True)
+    authz = {**authz, "typed_config": typed}
     return [
         {
             "name": "envoy.filters.http.header_mutation",

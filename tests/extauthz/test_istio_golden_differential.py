@@ -83,7 +83,7 @@ def _report(outcomes: list[Any], rejected: dict[str, str], notes: list[str]) -> 
     """The mismatch file's text: classes with a description, counts and examples."""
     by_class: dict[str, list[Any]] = defaultdict(list)
     for o in outcomes:
-        if not o.agreed:
+        if o.judged and not o.agreed:
             by_class[diff.class_of(o)].append(o)
     lines = [f"# differential-mismatches: {sum(map(len, by_class.values()))} disagreeing "
              f"requests in {len(by_class)} classes, {len(rejected)} cases our service rejected",
@@ -101,6 +101,17 @@ def _report(outcomes: list[Any], rejected: dict[str, str], notes: list[str]) -> 
         for o in items[:3]:
             lines.append(f"    {o.case}: {o.probe.describe()}  -> istio {o.istio}, ours {o.mixer}")
         lines.append("")
+    lines.append("# per case: requests / agreed / disagreed / not judged")
+    per_case: dict[str, Counter[str]] = defaultdict(Counter)
+    for o in outcomes:
+        per_case[o.case]["requests"] += 1
+        if not o.judged:
+            per_case[o.case]["not judged"] += 1
+        else:
+            per_case[o.case]["agreed" if o.agreed else "disagreed"] += 1
+    for name, n in per_case.items():
+        lines.append(f"#   {name}: {n['requests']} / {n['agreed']} / {n['disagreed']} / "
+                     f"{n['not judged']}")
     lines += [f"# note: {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
@@ -121,7 +132,7 @@ def test_verdicts_agree_with_istio_golden_rbac(
         probes, dropped = diff.generate(policies)
         unsendable += dropped
         ports = diff.CasePorts(*(_unique_port(free_port, taken) for _ in range(4)))
-        policy = tmp_path / f"{case.name}.yaml"
+        policy = tmp_path / f"{case.name.replace('/', '_')}.yaml"
         policy.write_text(diff.mixer_policy_text(case, probes, tokens.jwks))
         td_args, why_not = _trust_domain_args(case, flags)
         if why_not:
@@ -161,7 +172,9 @@ def test_verdicts_agree_with_istio_golden_rbac(
         f"{unsendable} generated requests not sent: Envoy's HTTP/1 codec refuses their method "
         "(not an upper-case token) before any filter runs",
     ]
-    MISMATCH_FILE.write_text(_report(judged, rejected, notes))
+    unjudged = Counter(f"both {o.istio}" for o in outcomes if not o.judged)
+    notes.append(f"not-judged answers: {dict(unjudged)} (-1: no HTTP answer)")
+    MISMATCH_FILE.write_text(_report(outcomes, rejected, notes))
 
     total = len(outcomes) + not_loaded
     with capsys.disabled():

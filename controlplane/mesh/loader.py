@@ -127,6 +127,8 @@ def _raise(errors: Sequence[ConfigError]) -> None:
     flat: list[ConfigError] = []
     for e in errors:
         flat.extend(e.errors if isinstance(e, ConfigErrors) else [e])
+    # Files are read in name order; within a file, errors are reported top to bottom.
+    flat.sort(key=lambda e: (e.file or "", e.line or 0))
     if flat:
         raise flat[0] if len(flat) == 1 else ConfigErrors(flat)
 
@@ -303,7 +305,7 @@ class _Builder:
         for i, e in enumerate(spec.endpoints):
             if not e.address:
                 self.errors.append(item.error("missing required key 'address'",
-                                              "endpoints", i))
+                                              "endpoints", i, "address"))
                 continue
             if spec.resolution == "STATIC" and not _ip_or_unix(e.address):
                 self.errors.append(item.error(
@@ -360,7 +362,7 @@ class _Builder:
 
     def workload_entry(self, item: _Item, spec: se_schema.WorkloadEntrySpec) -> m.Workload | None:
         if not spec.address:
-            self.errors.append(item.error("missing required key 'address'"))
+            self.errors.append(item.error("missing required key 'address'", "address"))
             return None
         meta = item.resource.metadata
         # Istio merges the resource's own labels under the spec's (spec labels win).
@@ -379,7 +381,7 @@ class _Builder:
             if not ing.default_endpoint:
                 self.errors.append(item.error(
                     "missing required key 'defaultEndpoint' (without traffic capture it is "
-                    "where the app listens)", "ingress", i))
+                    "where the app listens)", "ingress", i, "defaultEndpoint"))
             elif not _endpoint_ok(ing.default_endpoint):
                 self.errors.append(item.error(
                     f"invalid defaultEndpoint '{ing.default_endpoint}' (expected "

@@ -102,3 +102,17 @@ def _protocol(value: str) -> str:
 
 #: A port's ``protocol``: upper-cased; empty when the file names none.
 Protocol = Annotated[str, AfterValidator(_protocol)]
+
+
+def reject_values(reasons: dict[str, str]) -> BeforeValidator:
+    """A validator for an enum field that fails ``not supported: <value> (<why>)`` for the
+    Istio values we do not implement, before the field's own check of the others."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and value in reasons:
+            raise PydanticCustomError(
+                "not_supported_value", "not supported: {value} ({why})",
+                {"value": value, "why": reasons[value]})
+        return value
+
+    return BeforeValidator(check)

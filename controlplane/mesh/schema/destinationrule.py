@@ -6,11 +6,17 @@ connectionPool, outlierDetection and tls in modes ISTIO_MUTUAL, DISABLE and SIMP
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from controlplane.mesh.schema.common import Duration, Strict, Unsupported, unsupported
+from controlplane.mesh.schema.common import (
+    Duration,
+    Strict,
+    Unsupported,
+    reject_values,
+    unsupported,
+)
 
 
 class RingHash(Strict):
@@ -138,7 +144,10 @@ class OutlierDetection(Strict):
 class ClientTLSSettings(Strict):
     """``ClientTLSSettings``: ISTIO_MUTUAL (the mesh CA), DISABLE, or SIMPLE (files)."""
 
-    mode: Literal["DISABLE", "SIMPLE", "ISTIO_MUTUAL"] = "DISABLE"
+    mode: Annotated[
+        Literal["DISABLE", "SIMPLE", "ISTIO_MUTUAL"],
+        reject_values({"MUTUAL": "client certificates come from the mesh CA: use ISTIO_MUTUAL"}),
+    ] = "DISABLE"
     ca_certificates: str = Field("", alias="caCertificates")
     subject_alt_names: list[str] = Field([], alias="subjectAltNames")
     sni: str = ""

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from controlplane.mesh.schema.common import PortNumber, Protocol, Strict, Unsupported, unsupported
+from controlplane.mesh.schema.common import (
+    PortNumber,
+    Protocol,
+    Strict,
+    Unsupported,
+    reject_values,
+    unsupported,
+)
 
 
 class GatewayPort(Strict):
@@ -22,8 +29,14 @@ class ServerTLS(Strict):
     """``ServerTLSSettings``: certificates from files (there is no Kubernetes secret store)."""
 
     https_redirect: bool = Field(False, alias="httpsRedirect")
-    # PASSTHROUGH / AUTO_PASSTHROUGH need TLS (SNI) routes, which are not supported.
-    mode: Literal["SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] = "SIMPLE"
+    mode: Annotated[
+        Literal["SIMPLE", "MUTUAL", "ISTIO_MUTUAL"],
+        reject_values({
+            "PASSTHROUGH": "needs VirtualService tls routes, which are not supported",
+            "AUTO_PASSTHROUGH": "needs VirtualService tls routes, which are not supported",
+            "OPTIONAL_MUTUAL": "use MUTUAL or SIMPLE",
+        }),
+    ] = "SIMPLE"
     server_certificate: str = Field("", alias="serverCertificate")
     private_key: str = Field("", alias="privateKey")
     ca_certificates: str = Field("", alias="caCertificates")

@@ -7,7 +7,7 @@ WorkloadEntry resources its ``workloadSelector`` picks.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,7 @@ from controlplane.mesh.schema.common import (
     Strict,
     Unsupported,
     WorkloadSelector,
+    reject_values,
     unsupported,
 )
 
@@ -50,8 +51,11 @@ class ServiceEntrySpec(Strict):
     addresses: list[str] = []
     ports: list[ServicePort] = []
     location: Literal["MESH_EXTERNAL", "MESH_INTERNAL"] = "MESH_EXTERNAL"
-    # DYNAMIC_DNS needs Envoy's dynamic forward proxy per service; the egress gateway has it.
-    resolution: Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"] = "NONE"
+    resolution: Annotated[
+        Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"],
+        reject_values({"DYNAMIC_DNS": "route external hosts through the egress gateway, "
+                                      "which resolves them dynamically"}),
+    ] = "NONE"
     endpoints: list[WorkloadEntrySpec] = []
     workload_selector: WorkloadSelector | None = Field(None, alias="workloadSelector")
     subject_alt_names: list[str] = Field([], alias="subjectAltNames")

@@ -1,0 +1,205 @@
+"""load_mesh: a directory of Istio files -> a validated, resolved, immutable Mesh."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+from controlplane.mesh import Mesh, load_mesh
+from controlplane.mesh.model import MESH_GATEWAY, Endpoint
+from envoy_mixer.errors import ConfigError, ConfigErrors
+
+TESTDATA = Path(__file__).parent / "testdata"
+DEMO = TESTDATA / "demo"
+ERROR_CASES = sorted((TESTDATA / "errors").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def demo() -> Mesh:
+    return load_mesh(DEMO)
+
+
+def test_demo_services_resolve_endpoints_from_workload_entries(demo: Mesh) -> None:
+    """A ServiceEntry's workloadSelector picks its namespace's WorkloadEntries as endpoints."""
+    backend = demo.service("backend.default.svc.cluster.local")
+    assert backend is not None
+    assert backend.location == "MESH_INTERNAL" and backend.resolution == "STATIC"
+    assert [(p.number, p.name, p.protocol) for p in backend.ports] == [(8080, "http", "HTTP")]
+    [endpoint] = backend.endpoints
+    assert (endpoint.address, endpoint.port_for(backend.ports[0])) == ("127.0.0.1", 8101)
+    assert endpoint.workload == "default/backend-0"
+    assert endpoint.service_account == "backend"
+
+
+def test_demo_external_service_has_no_endpoints(demo: Mesh) -> None:
+    """A DNS ServiceEntry without endpoints resolves its own host (no endpoints listed)."""
+    httpbin = demo.service("httpbin.org")
+    assert httpbin is not None
+    assert (httpbin.location, httpbin.resolution, httpbin.endpoints) == (
+        "MESH_EXTERNAL", "DNS", ())
+
+
+def test_demo_workloads(demo: Mesh) -> None:
+    """Every WorkloadEntry is a workload with its labels, ports and service account."""
+    assert [w.key for w in demo.workloads] == [
+        "default/frontend-0", "default/backend-0", "istio-system/istio-ingressgateway",
+        "istio-system/istio-egressgateway"]
+    frontend = demo.workloads[0]
+    assert dict(frontend.labels) == {"app": "frontend", "version": "v1"}
+    assert dict(frontend.ports) == {"http": 8091}
+    assert frontend.origin.file == "workloads.yaml" and frontend.origin.line == 4
+
+
+def test_demo_sidecar_ingress_and_egress(demo: Mesh) -> None:
+    """A Sidecar keeps its ingress defaultEndpoint, egress port/bind/hosts and traffic policy."""
+    frontend = next(s for s in demo.sidecars if s.origin.name == "frontend")
+    [ingress] = frontend.ingress
+    assert (ingress.port.number, ingress.bind, ingress.default_endpoint) == (
+        8091, "127.0.0.1", "127.0.0.1:8090")
+    [egress] = frontend.egress
+    assert egress.port is not None and egress.port.number == 8092
+    assert [str(h) for h in egress.hosts] == ["./backend.default.svc.cluster.local"]
+    assert frontend.outbound_traffic_policy == "REGISTRY_ONLY"
+
+
+def test_short_names_resolve_like_istio(demo: Mesh) -> None:
+    """`backend` in namespace default is backend.default.svc.cluster.local (VS and DR)."""
+    vs = next(v for v in demo.virtual_services if v.origin.name == "backend")
+    assert vs.hosts == ("backend.default.svc.cluster.local",)
+    [dest] = vs.destinations()
+    assert (dest.host, dest.subset, dest.written) == (
+        "backend.default.svc.cluster.local", "v1", "backend")
+    assert demo.destination_rules[0].host == "backend.default.svc.cluster.local"
+
+
+def test_gateway_references_resolve(demo: Mesh) -> None:
+    """VS gateways become namespace/name; a VS with none is bound to the mesh gateway."""
+    by_name = {v.origin.name: v for v in demo.virtual_services}
+    assert by_name["frontend"].gateways == ("istio-system/ingressgateway",)
+    assert by_name["httpbin"].gateways == ("istio-system/egressgateway",)
+    assert by_name["backend"].gateways == (MESH_GATEWAY,)
+
+
+def test_route_settings_carry_over(demo: Mesh) -> None:
+    """Timeout and retries are parsed (durations in seconds)."""
+    vs = next(v for v in demo.virtual_services if v.origin.name == "backend")
+    [route] = vs.http
+    assert route.timeout == 5.0
+    assert route.retries is not None
+    assert (route.retries.attempts, route.retries.per_try_timeout, route.retries.retry_on) == (
+        2, 2.0, "connect-failure,5xx")
+
+
+def test_subsets_resolve_to_endpoints(demo: Mesh) -> None:
+    """A subset's endpoints are the service's endpoints carrying all its labels."""
+    rule = demo.destination_rules[0]
+    subset = rule.subset("v1")
+    assert subset is not None
+    assert [e.workload for e in subset.endpoints] == ["default/backend-0"]
+    assert rule.traffic_policy is not None and rule.traffic_policy.tls is not None
+    assert rule.traffic_policy.tls.mode == "DISABLE"
+    assert rule.traffic_policy.outlier_detection is not None
+    assert rule.traffic_policy.outlier_detection.base_ejection_time == 30.0
+
+
+def test_other_kinds_are_loaded_by_their_own_loaders(demo: Mesh) -> None:
+    """Policies, rate limits and telemetry are kept raw and loaded by their services' loaders."""
+    assert sorted({d.kind for d in demo.documents}) == [
+        "AuthorizationPolicy", "ratelimit", "telemetry"]
+    assert demo.authz.rule_count >= 4
+    assert "ingress" in demo.ratelimit.by_domain
+    assert demo.telemetry is not None
+    policy = demo.documents_of("AuthorizationPolicy")[0]
+    assert policy.origin.key == "istio-system/ingress-public-paths"
+    assert dict(policy.selector or {}) == {"istio": "ingressgateway"}
+
+
+def test_model_is_immutable(demo: Mesh) -> None:
+    """The model is frozen: a loaded Mesh cannot be changed in place."""
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        demo.services[0].host = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        demo.workloads[0].labels["app"] = "x"  # type: ignore[index]
+
+
+def test_inline_endpoints_and_subset_labels(tmp_path: Path) -> None:
+    """Inline endpoints carry their labels and ports; subsets select among them."""
+    (tmp_path / "mesh.yaml").write_text(
+        "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\n"
+        "metadata: {name: reviews, namespace: shop}\n"
+        "spec:\n  hosts: [reviews.shop.svc.cluster.local]\n  resolution: STATIC\n"
+        "  ports: [{number: 80, name: http, protocol: http, targetPort: 9080}]\n"
+        "  endpoints:\n"
+        "    - {address: 10.0.0.1, labels: {version: v1}}\n"
+        "    - {address: 10.0.0.2, labels: {version: v2}, ports: {http: 9090}}\n"
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+        "metadata: {name: reviews, namespace: shop}\n"
+        "spec:\n  host: reviews\n  subsets: [{name: v2, labels: {version: v2}}]\n")
+    mesh = load_mesh(tmp_path)
+    service = mesh.service("reviews.shop.svc.cluster.local")
+    assert service is not None
+    port = service.ports[0]
+    assert port.protocol == "HTTP"
+    assert [e.port_for(port) for e in service.endpoints] == [9080, 9090]
+    subset = mesh.destination_rules[0].subset("v2")
+    assert subset is not None
+    assert subset.endpoints == (
+        Endpoint("10.0.0.2", service.endpoints[1].ports, service.endpoints[1].labels),)
+
+
+def test_kind_list_is_unwrapped(tmp_path: Path) -> None:
+    """A `kind: List` (kubectl get -o yaml) is read item by item."""
+    (tmp_path / "list.yaml").write_text(
+        "apiVersion: v1\nkind: List\nitems:\n"
+        "  - apiVersion: networking.istio.io/v1\n    kind: WorkloadEntry\n"
+        "    metadata: {name: a}\n    spec: {address: 10.0.0.1}\n")
+    assert [w.key for w in load_mesh(tmp_path).workloads] == ["default/a"]
+
+
+@pytest.mark.parametrize("case", ERROR_CASES, ids=lambda p: p.stem)
+def test_config_error(case: Path) -> None:
+    """Each bad file fails the load with the exact error in its `# expect:` line."""
+    expected = case.read_text().splitlines()[0].removeprefix("# expect: ")
+    with pytest.raises(ConfigError) as info:
+        load_mesh(case)
+    assert str(info.value) == f"{case.name}: {expected}"
+
+
+def test_every_error_in_a_directory_is_reported(tmp_path: Path) -> None:
+    """Errors in several files are raised together, by file and line, each with its own."""
+    for name in ("not_supported_field.yaml", "se_duplicate_port.yaml", "bad_ratelimit.yaml"):
+        shutil.copy(TESTDATA / "errors" / name, tmp_path / name)
+    shutil.copy(DEMO / "services.yaml", tmp_path / "services.yaml")
+    with pytest.raises(ConfigErrors) as info:
+        load_mesh(tmp_path)
+    assert [(e.file, e.line) for e in info.value.errors] == [
+        ("bad_ratelimit.yaml", 6), ("not_supported_field.yaml", 12),
+        ("se_duplicate_port.yaml", 10)]
+
+
+def test_one_bad_policy_fails_the_whole_mesh(tmp_path: Path) -> None:
+    """A bad AuthorizationPolicy beside good networking files fails the load."""
+    shutil.copytree(DEMO, tmp_path / "mesh")
+    shutil.copy(TESTDATA / "errors" / "bad_authorization_policy.yaml", tmp_path / "mesh")
+    with pytest.raises(ConfigError, match=r"unknown key 'method'") as info:
+        load_mesh(tmp_path / "mesh")
+    assert info.value.file == "bad_authorization_policy.yaml"
+
+
+def test_two_telemetry_files_are_an_error(tmp_path: Path) -> None:
+    """The mesh has one telemetry config; a second file is named in the error."""
+    (tmp_path / "a.yaml").write_text("metrics: {}\n")
+    (tmp_path / "b.yaml").write_text("cardinality: {}\n")
+    with pytest.raises(ConfigError) as info:
+        load_mesh(tmp_path)
+    assert str(info.value) == (
+        "b.yaml: a second telemetry config (the first is a.yaml): the mesh has one (line 1)")
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    """A path that does not exist is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match="no such file or directory"):
+        load_mesh(tmp_path / "nope")

@@ -483,7 +483,37 @@ def _principal_pair(value: str) -> tuple[_Part, _Part]:
     return ("exact", iss), ("exact", sub)
 
 
-Matcher = StringMatch | IpMatch | PortMatch | RequestPrincipalMatch
+@dataclass(frozen=True, slots=True)
+class MetadataMatch:
+    """Istio's ``experimental.envoy.filters.<filter>[<key>]`` values over dynamic metadata.
+
+    A value ``v`` is a string matcher on a string metadata value; ``[v]`` matches a list value
+    when any string element matches ``v``. A missing value, or one of another type, matches
+    neither (Envoy's metadata matcher).
+    """
+
+    values: tuple[str, ...]
+    scalar: StringMatch | None
+    listed: StringMatch | None
+
+    @classmethod
+    def compile(cls, values: Sequence[str]) -> MetadataMatch:
+        """Split the values into string and ``[list]`` matchers."""
+        scalar = [v for v in values if not (v.startswith("[") and v.endswith("]"))]
+        listed = [v[1:-1] for v in values if v.startswith("[") and v.endswith("]")]
+        return cls(values=tuple(values),
+                   scalar=StringMatch.compile(scalar) if scalar else None,
+                   listed=StringMatch.compile(listed) if listed else None)
+
+    def __call__(self, value: object) -> bool:
+        if isinstance(value, str):
+            return self.scalar is not None and self.scalar(value)
+        if isinstance(value, list) and self.listed is not None:
+            return any(self.listed(v) for v in value)
+        return False
+
+
+Matcher = StringMatch | IpMatch | PortMatch | RequestPrincipalMatch | MetadataMatch
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from extauthz.matchers import (
     FieldCheck,
     IpMatch,
     Matcher,
+    MetadataMatch,
     PortMatch,
     RequestPrincipalMatch,
     StringMatch,
@@ -461,6 +462,8 @@ class _Interner:
                 getter = _header_getter(arg)
             elif kind == "lines":
                 getter = _header_lines_getter(arg)
+            elif kind == "meta":
+                getter = _metadata_getter(*arg)
             else:
                 getter = _claim_getter(arg)
             self.getters[key] = getter
@@ -852,8 +855,11 @@ _SIMPLE_KEYS: dict[str, tuple[str, str]] = {
     "connection.sni": ("string", "sni"),
 }
 
+EXPERIMENTAL_PREFIX = "experimental.envoy.filters."
+
 SUPPORTED_CONDITION_KEYS = (
     "request.headers[<name>]", *_SIMPLE_KEYS, "request.auth.claims[<claim>][<nested>...]",
+    EXPERIMENTAL_PREFIX + "<filter>[<key>]",
 )
 
 
@@ -1057,6 +1063,14 @@ class _Compiler:
                 raise self.error(f"invalid claim key '{key}'", *where, "key")
             getter = ("claim", tuple(parts))
             kind, many = "string", True
+        elif key.startswith(EXPERIMENTAL_PREFIX):
+            # Istio's rule: "a[b]" with a non-empty b; the filter is everything before the
+            # first "[", the key everything after it up to the final "]" (one path segment).
+            open_at = key.find("[")
+            if not (key.endswith("]") and 0 < open_at < len(key) - 2):
+                raise self.error(f"bad key ({key}): should have format a[b]", *where, "key")
+            getter = ("meta", (key[len("experimental."):open_at], key[open_at + 1:-1]))
+            kind = "metadata"
         elif key in _SIMPLE_KEYS:
             kind, attr = _SIMPLE_KEYS[key]
             getter = ("attr", attr)
@@ -1083,6 +1097,10 @@ class _Compiler:
                 texts = [str(v) for v in values]
                 self.strings(texts, (*where, alias))  # validates
                 matcher = StringMatch.header(texts)
+            elif kind == "metadata":
+                texts = [str(v) for v in values]
+                self.strings(texts, (*where, alias))
+                matcher = MetadataMatch.compile(texts)
             elif kind == "request_principal":
                 texts = [str(v) for v in values]
                 self.strings(texts, (*where, alias))
@@ -1128,6 +1146,12 @@ def _header_lines_getter(name: str) -> _Getter:
             return lines
         value = attrs.headers.get(name)
         return () if value is None else (value,)
+    return get
+
+
+def _metadata_getter(namespace: str, key: str) -> _Getter:
+    def get(attrs: Attributes) -> object:
+        return attrs.request.metadata.get(namespace, {}).get(key)
     return get
 
 

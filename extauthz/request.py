@@ -32,7 +32,9 @@ class AuthzRequest(NamedTuple):
     the mTLS peer identity as Envoy reports it (``spiffe://...``), used when no certificate
     is known; ``peer_uri_sans``/``peer_dns_sans``/``peer_subject`` come from the peer
     certificate, the names Envoy's RBAC ``authenticated`` matcher tries, in its order;
-    ``context_extensions`` carries the workload identity (``namespace``, ``label.<name>``).
+    ``context_extensions`` carries the workload identity (``namespace``, ``label.<name>``);
+    ``metadata`` is Envoy's dynamic metadata by filter namespace, as sent (only the namespaces
+    the ext_authz filter lists in ``metadata_context_namespaces``).
 
     A NamedTuple rather than a frozen dataclass: one is built per Check, and a tuple is built
     in one step where a frozen dataclass pays an ``object.__setattr__`` per field. It is just
@@ -56,6 +58,7 @@ class AuthzRequest(NamedTuple):
     peer_uri_sans: tuple[str, ...] = ()
     peer_dns_sans: tuple[str, ...] = ()
     peer_subject: str | None = None
+    metadata: Mapping[str, Mapping[str, object]] = MappingProxyType({})
 
     @classmethod
     def build(
@@ -76,6 +79,7 @@ class AuthzRequest(NamedTuple):
         peer_uri_sans: Sequence[str] = (),
         peer_dns_sans: Sequence[str] = (),
         peer_subject: str | None = None,
+        metadata: Mapping[str, Mapping[str, object]] | None = None,
     ) -> AuthzRequest:
         """Build from raw parts: split the query off ``path``, lower-case header names.
 
@@ -105,6 +109,7 @@ class AuthzRequest(NamedTuple):
             peer_uri_sans=tuple(peer_uri_sans),
             peer_dns_sans=tuple(peer_dns_sans),
             peer_subject=peer_subject or None,
+            metadata=MappingProxyType(dict(metadata or {})),
         )
 
     def peer_names(self) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 
 from envoy_mixer.logs import log_event
@@ -31,6 +32,7 @@ from extauthz.policy import PolicySet, WorkloadView
 from extauthz.request import AuthzRequest, merge_header_lines
 
 _NO_LINES: Mapping[str, tuple[str, ...]] = {}
+_NO_METADATA: Mapping[str, Mapping[str, object]] = {}
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
@@ -76,10 +78,17 @@ def to_domain(check: external_auth_pb2.CheckRequest,
     else:
         names = NO_NAMES
     direct_ip: str | None = None
-    if attrs.metadata_context.filter_metadata:
-        ours = attrs.metadata_context.filter_metadata.get(METADATA_NAMESPACE)
+    metadata: Mapping[str, Mapping[str, object]] = _NO_METADATA
+    filter_metadata = attrs.metadata_context.filter_metadata
+    if filter_metadata:
+        ours = filter_metadata.get(METADATA_NAMESPACE)
         if ours is not None and DIRECT_REMOTE_IP_KEY in ours.fields:
             direct_ip = ours.fields[DIRECT_REMOTE_IP_KEY].string_value or None
+        # Other filters' metadata (experimental.envoy.filters.* conditions): converted only
+        # when a config sends some, so the usual request pays nothing.
+        if len(filter_metadata) > (ours is not None):
+            metadata = {ns: json_format.MessageToDict(struct)
+                        for ns, struct in filter_metadata.items() if ns != METADATA_NAMESPACE}
     source_address = source.address.socket_address.address
     destination = attrs.destination.address.socket_address
     destination_address = destination.address
@@ -108,6 +117,7 @@ def to_domain(check: external_auth_pb2.CheckRequest,
         names.uri_sans,
         names.dns_sans,
         names.subject,
+        metadata,
     )
 
 

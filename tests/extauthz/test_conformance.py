@@ -354,3 +354,32 @@ def test_hand_built_identity_without_claims_has_no_request_principal(h: Any) -> 
     text = policy('{from: [{source: {requestPrincipals: ["*"]}}]}')
     bare = AuthnOutcome(identity=AuthIdentity(principal="i/s", claims={}))
     assert verdict(h, text, bare) == "deny"
+
+
+# -- experimental.envoy.filters.* ------------------------------------------------------------
+
+META = {"envoy.filters.a.b": {"c": "gold", "tags": ["x", "vip"], "n": 3.0}}
+
+
+@pytest.mark.parametrize(("cond", "expected"), [
+    ('{key: "experimental.envoy.filters.a.b[c]", values: ["gold"]}', "allow"),
+    ('{key: "experimental.envoy.filters.a.b[c]", values: ["go*"]}', "allow"),
+    ('{key: "experimental.envoy.filters.a.b[c]", values: ["[gold]"]}', "deny"),
+    ('{key: "experimental.envoy.filters.a.b[tags]", values: ["[vip]"]}', "allow"),
+    ('{key: "experimental.envoy.filters.a.b[tags]", values: ["vip"]}', "deny"),
+    ('{key: "experimental.envoy.filters.a.b[n]", values: ["3"]}', "deny"),
+    ('{key: "experimental.envoy.filters.a.b[missing]", values: ["*"]}', "deny"),
+    ('{key: "experimental.envoy.filters.a.b[missing]", notValues: ["x"]}', "allow"),
+    ('{key: "experimental.envoy.filters.a.b[c]", notValues: ["gold"]}', "deny"),
+])
+def test_experimental_envoy_filter_metadata(h: Any, cond: str, expected: str) -> None:
+    """experimental.envoy.filters.<f>[<k>] match dynamic metadata: strings, "[v]" lists."""
+    assert verdict(h, policy(f"{{when: [{cond}]}}"), metadata=META) == expected
+
+
+def test_experimental_key_needs_a_bracketed_name(h: Any) -> None:
+    """A key without "[name]" is Istio's "bad key" error."""
+    from envoy_mixer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"bad key \(experimental.envoy.filters.a\[\]\)"):
+        h.policies(policy('{when: [{key: "experimental.envoy.filters.a[]", values: ["x"]}]}'))

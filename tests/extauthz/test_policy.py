@@ -32,7 +32,7 @@ EXPECTED_ERRORS = {
     "jwt_bad_inline_jwks": "JWKS must be a JSON object with a 'keys' list (line 8, field spec.jwtRules[0].jwks)",
     "jwt_without_keys": 'one of jwks or jwksUri is required (there is no OIDC discovery here) (line 7, field spec.jwtRules[0])',
     "target_refs": 'targetRefs is not supported (there is no Kubernetes here): use selector.matchLabels with the workload labels the Envoy sends (line 7, field spec.targetRefs)',
-    "unknown_attribute": "unknown attribute 'request.regex.headers[x]' (supported: request.headers[<name>], source.ip, remote.ip, destination.ip, destination.port, source.namespace, source.principal, source.serviceAccount, source.trustDomain, request.auth.principal, request.auth.presenter, request.auth.audiences, connection.sni, request.auth.claims[<claim>][<nested>...]) (line 8, field spec.rules[0].when[0].key)",
+    "unknown_attribute": "unknown attribute 'request.regex.headers[x]' (supported: request.headers[<name>], source.ip, remote.ip, destination.ip, destination.port, source.namespace, source.principal, source.serviceAccount, source.trustDomain, request.auth.principal, request.auth.presenter, request.auth.audiences, connection.sni, request.auth.claims[<claim>][<nested>...], experimental.envoy.filters.<filter>[<key>]) (line 8, field spec.rules[0].when[0].key)",
     "unknown_condition": "unknown attribute: 'destination.labels' is replaced by the workload selector (line 8, field spec.rules[0].when[0].key)",
     "unknown_key": "unknown key 'path' (line 9, field spec.rules[0].to[0].operation.path)",
 }

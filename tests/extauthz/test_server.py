@@ -313,3 +313,17 @@ def test_certificate_cache_is_a_bounded_lru(h: Any) -> None:
     assert cache.names(a) is not first  # evicted, parsed again
     assert cache.names("not a certificate") is NO_NAMES
 
+
+
+def test_to_domain_passes_other_filters_metadata() -> None:
+    """Dynamic metadata of other filter namespaces reaches the engine as plain values."""
+    from extauthz.server import to_domain
+
+    ctx = attribute_context_pb2.AttributeContext
+    attrs = ctx(request=ctx.Request(http=ctx.HttpRequest(method="GET", path="/")))
+    attrs.metadata_context.filter_metadata["envoy.filters.a.b"].update(
+        {"c": "gold", "tags": ["x", "vip"]})
+    req = to_domain(external_auth_pb2.CheckRequest(attributes=attrs))
+    assert req.metadata == {"envoy.filters.a.b": {"c": "gold", "tags": ["x", "vip"]}}
+    plain = to_domain(external_auth_pb2.CheckRequest(attributes=ctx()))
+    assert dict(plain.metadata) == {}

@@ -123,6 +123,9 @@ def _init(args: argparse.Namespace) -> int:
         result = init_ca(args.dir, args.trust_domain, clock=_now)
     except CAError as exc:
         return _fail(exc)
+    except OSError as exc:
+        print(f"mixer ca: error: cannot write {args.dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     ca = result.ca
     fingerprint = ca.root.fingerprint(hashes.SHA256()).hex(":")
     what = {

@@ -122,3 +122,12 @@ def test_rotate_once_issues_only_when_due(tmp_path: Path,
     assert code == 0
     assert read_leaf(tmp_path / "w").serial_number == serial  # type: ignore[union-attr]
     _no_secret(out + err)
+
+
+def test_init_into_an_unwritable_place_exits_1(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A CA directory that cannot be created is a failure (exit 1), not a traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, out, err = _run(capsys, "init", "--dir", str(blocker / "ca"))
+    assert code == 1 and out == "" and "cannot write" in err

@@ -131,3 +131,32 @@ def test_init_into_an_unwritable_place_exits_1(tmp_path: Path,
     blocker.write_text("not a directory")
     code, out, err = _run(capsys, "init", "--dir", str(blocker / "ca"))
     assert code == 1 and out == "" and "cannot write" in err
+
+
+@pytest.mark.slow
+def test_rotate_runs_until_sigterm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The long-running rotate writes the set, then exits 0 on SIGTERM without printing keys."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _run(capsys, "init", "--dir", str(tmp_path / "ca"))
+    out = tmp_path / "w"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "envoy_mixer.cli", "ca", "rotate", "--dir", str(tmp_path / "ca"),
+         "--namespace", "a", "--service-account", "b", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[3])
+    try:
+        for _ in range(200):
+            if read_leaf(out) is not None:
+                break
+            time.sleep(0.05)
+        assert read_leaf(out) is not None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "ca_certificate_rotated" in stderr
+    _no_secret(stdout + stderr)

@@ -468,8 +468,8 @@ class RequestPrincipalMatch:
 def _principal_pair(value: str) -> tuple[_Part, _Part]:
     any_: _Part = ("any", "")
     iss, found, sub = value.rpartition("/")
-    if not found:
-        iss = value
+    if not found:  # no "/": all of it is the issuer, and the subject is exactly ""
+        iss, sub = value, ""
     if value == "*":
         return any_, any_
     if value.startswith("*"):

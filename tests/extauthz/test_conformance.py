@@ -123,6 +123,8 @@ def test_request_principal_needs_a_non_empty_subject(h: Any, value: str) -> None
     ("https://example.com/al*", "https://example.com/x", "alice", "deny"),
     ("*", "i", "s", "allow"),
     ("issuer-only*", "issuer-only-x", "s", "allow"),
+    ("issuer-only", "issuer-only", "", "allow"),
+    ("issuer-only", "issuer-only", "issuer-only", "deny"),
     ("*suffix", "i", "my-suffix", "allow"),
     ("*suffix", "i", "", "deny"),
 ])

@@ -29,7 +29,11 @@ class TcpEvent(Enum):
 
 @dataclass(frozen=True, slots=True)
 class TlsInfo:
-    """Downstream TLS facts Envoy logs: URI SANs of both certificates."""
+    """One connection's TLS facts Envoy logs: the URI SANs of both certificates.
+
+    An empty ``peer_uri`` under TLS means no peer certificate (yet: a TCP proxy's connect report
+    can precede the end of the downstream handshake).
+    """
 
     peer_uri: str = ""
     local_uri: str = ""
@@ -62,7 +66,10 @@ class HttpEntry:
     request_headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     response_headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     response_trailers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    #: The downstream connection's TLS (Envoy's ``tls_properties``), None on plaintext.
     tls: TlsInfo | None = None
+    #: The upstream connection's TLS (the upstream SAN custom tags), None when not logged.
+    upstream_tls: TlsInfo | None = None
     #: Istio-style peer metadata from filter state (``downstream_peer``/``upstream_peer``).
     peer_state: Mapping[str, Any] | None = None
     #: gRPC message counts from the grpc_stats filter state, when logged.
@@ -91,6 +98,7 @@ class TcpEntry:
     downstream_remote_address: str = ""
     upstream_remote_address: str = ""
     tls: TlsInfo | None = None
+    upstream_tls: TlsInfo | None = None
     peer_state: Mapping[str, Any] | None = None
     #: As on HttpEntry: the upstream cluster's service from its metadata, ``""`` when absent.
     service_host: str = ""

@@ -11,6 +11,11 @@ Conventions (COMMON.md "Cross-helper contracts", the same keys Istio uses):
   (``spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>``).
 
 Every value that cannot be found is ``unknown``; a missing canonical revision is ``latest``.
+
+Trust (``verified_peer``): a peer's claims (header, filter state) are believed only when they
+agree with the SPIFFE id of the certificate the connection verified; a certificate alone still
+names the peer, through the ``PeerDirectory`` of workloads learned from the reporters' own
+certificates, else by its service account.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ PEER_STASH_NAMESPACE = "mixer.peer_response"
 #: The access-log custom tag carrying the upstream cluster's ``istio.services`` metadata
 #: (Istio's per-cluster service list, JSON): where destination_service comes from, as in Istio.
 SERVICES_TAG = "istio.services"
+#: Access-log custom tags carrying the upstream connection's URI SANs (Envoy's
+#: ``%UPSTREAM_PEER_URI_SAN%`` / ``%UPSTREAM_LOCAL_URI_SAN%``): ALS logs only the downstream TLS,
+#: and the client side needs the destination's certificate identity.
+UPSTREAM_PEER_SAN_TAG = "upstream_peer_uri_san"
+UPSTREAM_LOCAL_SAN_TAG = "upstream_local_uri_san"
 
 _CANONICAL_NAME_LABELS = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
 _CANONICAL_REVISION_LABELS = (
@@ -101,6 +111,9 @@ def workload_from_metadata(
     workload = _text(metadata.get("WORKLOAD_NAME"))
     namespace = _text(metadata.get("NAMESPACE")) or namespace_hint
     canonical = _first_label(labels, _CANONICAL_NAME_LABELS) or workload
+    # Istio's peer metadata names the service account; its SPIFFE form is the claimed principal
+    # (checked against the certificate when one was verified, see verified_peer).
+    principal = principal or metadata_principal(metadata, namespace)
     return WorkloadIdentity(
         workload=workload or UNKNOWN,
         namespace=namespace or UNKNOWN,
@@ -137,27 +150,39 @@ def node_identity(
     the SPIFFE form Istio uses for the default trust domain.
     """
     node_type, _pod, ns_from_id = parse_node_id(node_id)
-    account = _text(metadata.get("SERVICE_ACCOUNT"))
-    namespace = _text(metadata.get("NAMESPACE")) or ns_from_id
-    trust_domain = _text(metadata.get("TRUST_DOMAIN")) or "cluster.local"
-    principal = (
-        f"spiffe://{trust_domain}/ns/{namespace}/sa/{account}" if account and namespace else "")
-    workload = workload_from_metadata(metadata, principal=principal, namespace_hint=ns_from_id)
+    workload = workload_from_metadata(metadata, namespace_hint=ns_from_id)
     return NodeIdentity(
         node_id=node_id, node_type=node_type, workload=workload,
         metadata=MappingProxyType(dict(metadata)), log_name=log_name,
     )
 
 
+def metadata_principal(metadata: Mapping[str, Any], namespace: str) -> str:
+    """``spiffe://<TRUST_DOMAIN or cluster.local>/ns/<ns>/sa/<SERVICE_ACCOUNT>``, or ``""``."""
+    account = _text(metadata.get("SERVICE_ACCOUNT"))
+    if not account or not namespace:
+        return ""
+    trust_domain = _text(metadata.get("TRUST_DOMAIN")) or "cluster.local"
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{account}"
+
+
+def spiffe_parts(principal: str) -> tuple[str, str]:
+    """``(namespace, service account)`` of ``spiffe://td/ns/<ns>/sa/<sa>``; ``""`` when absent."""
+    if not principal.startswith("spiffe://"):
+        return "", ""
+    parts = principal[len("spiffe://"):].split("/")
+    namespace = account = ""
+    for i in range(1, len(parts) - 1):
+        if parts[i] == "ns" and not namespace:
+            namespace = parts[i + 1]
+        elif parts[i] == "sa" and not account:
+            account = parts[i + 1]
+    return namespace, account
+
+
 def spiffe_namespace(principal: str) -> str:
     """The namespace in ``spiffe://td/ns/<ns>/sa/<sa>``, or ``""``."""
-    if not principal.startswith("spiffe://"):
-        return ""
-    parts = principal[len("spiffe://"):].split("/")
-    for i in range(1, len(parts) - 1):
-        if parts[i] == "ns":
-            return parts[i + 1]
-    return ""
+    return spiffe_parts(principal)[0]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -214,3 +239,96 @@ def with_principal(identity: WorkloadIdentity, principal: str) -> WorkloadIdenti
         canonical_revision=identity.canonical_revision, cluster=identity.cluster,
         principal=principal,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def workload_from_certificate(principal: str) -> WorkloadIdentity:
+    """The peer as its certificate alone names it, when no workload is known for it.
+
+    Namespace and principal come from the SPIFFE id. The workload and canonical service are the
+    service account's name, the only workload-ish name a certificate carries (Istio's
+    dashboards need a source_workload; a Deployment usually runs under an account of its own
+    name). App and version stay ``unknown``, the revision ``latest``.
+    """
+    namespace, account = spiffe_parts(principal)
+    return WorkloadIdentity(
+        workload=account or UNKNOWN, namespace=namespace or UNKNOWN,
+        canonical_service=account or UNKNOWN, principal=principal,
+    )
+
+
+def agrees_with_certificate(claimed: WorkloadIdentity, principal: str) -> bool:
+    """True when a peer's claimed identity names the certificate's namespace and account.
+
+    The namespace must match; the service account too when the claim names one (Istio's peer
+    metadata carries ``SERVICE_ACCOUNT``; ours may not, then the namespace is all we can check).
+    """
+    namespace, account = spiffe_parts(principal)
+    if not namespace or claimed.namespace != namespace:
+        return False
+    if claimed.principal == UNKNOWN:
+        return True
+    return spiffe_parts(claimed.principal) == (namespace, account)
+
+
+class PeerDirectory:
+    """Workloads by SPIFFE principal, learned from the reporters' own certificates.
+
+    Each reporting sidecar knows its workload (node metadata) and logs its own certificate (the
+    local SAN, downstream or upstream), so every entry teaches ``principal -> workload`` from a
+    source no peer controls. A principal shared by two workloads (several Deployments under one
+    service account) is ambiguous and resolves to nothing, so it is never guessed. Bounded: at
+    ``max_entries`` the oldest principal is forgotten first.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self._known: dict[str, WorkloadIdentity | None] = {}
+
+    def learn(self, principal: str, workload: WorkloadIdentity) -> None:
+        """Record that the workload ``workload`` holds a certificate for ``principal``."""
+        if not principal or workload.workload == UNKNOWN:
+            return
+        known = self._known
+        if principal in known:
+            current = known[principal]
+            if current is not None and current != workload:
+                known[principal] = None  # two workloads share it: ambiguous from now on
+            return
+        if len(known) >= self.max_entries:
+            known.pop(next(iter(known)))  # oldest first: dicts keep insertion order
+        known[principal] = workload
+
+    def lookup(self, principal: str) -> WorkloadIdentity | None:
+        """The one workload known for ``principal`` (with that principal), or None."""
+        found = self._known.get(principal)
+        if found is None:
+            return None
+        if found.principal != principal:
+            found = WorkloadIdentity(
+                workload=found.workload, namespace=found.namespace, app=found.app,
+                version=found.version, canonical_service=found.canonical_service,
+                canonical_revision=found.canonical_revision, cluster=found.cluster,
+                principal=principal,
+            )
+            self._known[principal] = found
+        return found
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
+def verified_peer(
+    claimed: WorkloadIdentity | None, principal: str, directory: PeerDirectory | None = None,
+) -> WorkloadIdentity:
+    """The peer of a connection whose certificate verified as ``principal``.
+
+    A claim (peer-metadata header, filter state) that agrees with the certificate is believed,
+    with the certificate's principal; one naming another namespace or account is forged or
+    stale and ignored. Without a believable claim the directory's workload for the principal
+    is used, else what the certificate alone says (``workload_from_certificate``).
+    """
+    if claimed is not None and agrees_with_certificate(claimed, principal):
+        return with_principal(claimed, principal)
+    known = directory.lookup(principal) if directory is not None else None
+    return known if known is not None else workload_from_certificate(principal)

@@ -3,8 +3,9 @@
 Given a domain entry and the reporting node's identity, compute the 25 values of Istio's
 standard label set (``ISTIO_LABELS``, in Istio's order) the way Istio's in-proxy stats filter
 does: the reporter from the upstream cluster's inbound/outbound name, the local side from node
-metadata, the peer side from the peer-metadata header, Istio filter state or the mTLS SAN, and
-``unknown``/``latest``/``-``/``""`` exactly where Istio emits them.
+metadata, the peer side from the mTLS SAN and the peer's claims that agree with it (the
+peer-metadata header, Istio filter state), and ``unknown``/``latest``/``-``/``""`` exactly
+where Istio emits them.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from telemetry.identity import (
     UNKNOWN,
     UNKNOWN_WORKLOAD,
     NodeIdentity,
+    PeerDirectory,
     WorkloadIdentity,
     decode_peer_header,
+    verified_peer,
     with_principal,
     workload_from_peer_state,
 )
@@ -217,17 +220,14 @@ class LabelOptions:
     host_header_fallback: bool = True
 
 
-def _peer(
+def _claim(
     headers: Mapping[str, str], state: Mapping[str, object] | None
-) -> WorkloadIdentity:
+) -> WorkloadIdentity | None:
+    """What the peer says it is (filter state, else the peer-metadata header), or None."""
     if state:
         return workload_from_peer_state(state)
     value = headers.get(PEER_METADATA_HEADER)
-    if value:
-        decoded = decode_peer_header(value)
-        if decoded is not None:
-            return decoded
-    return UNKNOWN_WORKLOAD
+    return decode_peer_header(value) if value else None
 
 
 def _side(w: WorkloadIdentity) -> tuple[str, ...]:
@@ -267,28 +267,47 @@ def _values(
 def _sides(
     reporter: str,
     node: NodeIdentity,
-    peer: WorkloadIdentity,
+    claim: WorkloadIdentity | None,
     tls: TlsInfo | None,
+    upstream_tls: TlsInfo | None,
+    peers: PeerDirectory | None,
 ) -> tuple[WorkloadIdentity, WorkloadIdentity, str]:
     local = node.workload
     if reporter == REPORTER_DESTINATION:
-        # Server side: Envoy logs the downstream TLS, so both SANs are known under mTLS.
+        # Server side: Envoy logs the downstream TLS, so both SANs are known under mTLS. Anyone
+        # can send a peer-metadata header straight to a sidecar, so an inbound claim counts
+        # only under a verified certificate, and only where it agrees with it: never on
+        # plaintext, whatever strips or does not strip the header before us.
         peer_uri = tls.peer_uri if tls else ""
         local_uri = tls.local_uri if tls else ""
         policy = "mutual_tls" if peer_uri and local_uri else "none"
-        return with_principal(peer, peer_uri), with_principal(local, local_uri), policy
-    # Client side: ALS carries no upstream TLS; Istio reports "unknown" here too.
-    return local, peer, "unknown"
+        peer = verified_peer(claim, peer_uri, peers) if peer_uri else UNKNOWN_WORKLOAD
+        return peer, with_principal(local, local_uri), policy
+    # Client side: the upstream certificate (from the upstream SAN custom tags) names the
+    # destination, and the response's claim is believed where it agrees with it. Without the
+    # tags nothing says how the upstream was secured: the claim is taken as it comes (the
+    # client picked that upstream) and the policy is Istio's client-side "unknown".
+    peer_uri = upstream_tls.peer_uri if upstream_tls else ""
+    local_uri = upstream_tls.local_uri if upstream_tls else ""
+    if not peer_uri:
+        return local, claim or UNKNOWN_WORKLOAD, "unknown"
+    policy = "mutual_tls" if local_uri else "unknown"
+    return with_principal(local, local_uri), verified_peer(claim, peer_uri, peers), policy
 
 
 def http_label_values(
-    entry: HttpEntry, node: NodeIdentity, options: LabelOptions = LabelOptions()
+    entry: HttpEntry, node: NodeIdentity, options: LabelOptions = LabelOptions(),
+    peers: PeerDirectory | None = None,
 ) -> tuple[str, ...]:
-    """The 25 Istio label values (``ISTIO_LABELS`` order) of an HTTP/gRPC entry."""
+    """The 25 Istio label values (``ISTIO_LABELS`` order) of an HTTP/gRPC entry.
+
+    ``peers`` names the workload behind a peer certificate when no believable claim does.
+    """
     reporter = reporter_of(entry.upstream_cluster, entry.route_name, node)
     inbound = reporter == REPORTER_DESTINATION
-    peer = _peer(entry.request_headers if inbound else entry.response_headers, entry.peer_state)
-    src, dst, policy = _sides(reporter, node, peer, entry.tls)
+    claim = _claim(entry.request_headers if inbound else entry.response_headers,
+                   entry.peer_state)
+    src, dst, policy = _sides(reporter, node, claim, entry.tls, entry.upstream_tls, peers)
     service = service_of(
         entry.upstream_cluster, entry.route_name, entry.service_host, entry.service_name,
         entry.authority if options.host_header_fallback else "")
@@ -310,12 +329,17 @@ def http_label_values(
 
 
 def tcp_label_values(
-    entry: TcpEntry, node: NodeIdentity, options: LabelOptions = LabelOptions()
+    entry: TcpEntry, node: NodeIdentity, options: LabelOptions = LabelOptions(),
+    peers: PeerDirectory | None = None,
 ) -> tuple[str, ...]:
-    """The 25 label values of a TCP entry (the last two, absent on TCP metrics, are ``""``)."""
+    """The 25 label values of a TCP entry (the last two, absent on TCP metrics, are ``""``).
+
+    TCP has no metadata exchange: under mTLS the certificate (through ``peers``) names the
+    peer's workload, which is what Istio's TCP dashboards need.
+    """
     reporter = reporter_of(entry.upstream_cluster, entry.route_name, node)
-    peer = workload_from_peer_state(entry.peer_state) if entry.peer_state else UNKNOWN_WORKLOAD
-    src, dst, policy = _sides(reporter, node, peer, entry.tls)
+    claim = workload_from_peer_state(entry.peer_state) if entry.peer_state else None
+    src, dst, policy = _sides(reporter, node, claim, entry.tls, entry.upstream_tls, peers)
     service = service_of(
         entry.upstream_cluster, entry.route_name, entry.service_host, entry.service_name, "")
     return _values(

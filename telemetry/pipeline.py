@@ -64,7 +64,8 @@ class Pipeline:
     def process_tcp(self, entry: TcpEntry, node: NodeIdentity) -> None:
         """Record one TCP report everywhere."""
         recorded = self.recorder.record_tcp(entry, node)
-        self.graph.add_tcp(recorded.values, recorded.opened, recorded.received, recorded.sent)
+        if not recorded.pending:  # provisional values would draw an edge nobody counted
+            self.graph.add_tcp(recorded.values, recorded.opened, recorded.received, recorded.sent)
         if self.access_log is not None:
             self.access_log.write(entry, node, recorded.values)
 

@@ -30,7 +30,7 @@ from prometheus_client.utils import floatToGoString
 
 from telemetry.config import LabelSource, MetricKind, MetricSpec, TelemetryConfig
 from telemetry.entries import HttpEntry, TcpEntry, TcpEvent
-from telemetry.identity import NodeIdentity
+from telemetry.identity import UNKNOWN, NodeIdentity, PeerDirectory
 from telemetry.labels import LabelOptions, http_label_values, tcp_label_values
 
 OVERFLOW = "__overflow__"
@@ -146,6 +146,32 @@ class Recorded:
     opened: bool = False
     received: int = 0
     sent: int = 0
+    #: A TCP connect report held back until the connection's identity is settled (its values
+    #: are provisional and nothing was counted).
+    pending: bool = False
+
+
+@dataclass(slots=True)
+class _Connection:
+    """A live TCP connection: cumulative bytes so far and the label values it counts under.
+
+    ``values`` is None while its opening is pending (handshake not finished at connect).
+    """
+
+    received: int
+    sent: int
+    values: Values | None
+
+
+def _handshake_pending(entry: TcpEntry) -> bool:
+    """A connect report under TLS before the peer's certificate arrived.
+
+    The TCP proxy connects upstream as soon as the downstream connection is accepted, so its
+    connect report can precede the end of the downstream TLS handshake: Envoy 1.40 logs our
+    certificate but not yet the peer's. Its labels would say ``none`` where the close report
+    says ``mutual_tls``; Istio also reports the open only once the peer is known.
+    """
+    return entry.event is TcpEvent.OPEN and entry.tls is not None and not entry.tls.peer_uri
 
 
 class Recorder:
@@ -160,7 +186,9 @@ class Recorder:
     ) -> None:
         self._clock = clock
         self.stores: dict[str, MetricStore] = {}
-        self._connections: dict[tuple[str, str], tuple[int, int]] = {}
+        self._connections: dict[tuple[str, str], _Connection] = {}
+        #: Workloads by principal, learned from the reporters' own certificates.
+        self.peers = PeerDirectory()
         self.configure(config)
         if registry is not None:
             registry.register(_RecorderCollector(self))
@@ -207,9 +235,21 @@ class Recorder:
             for src in store.spec.label_sources
         )
 
+    def _learn(self, entry: HttpEntry | TcpEntry, node: NodeIdentity) -> None:
+        """Teach the directory the reporter's own principal(s): its certificates name it."""
+        peers = self.peers
+        workload = node.workload
+        if entry.tls is not None and entry.tls.local_uri:
+            peers.learn(entry.tls.local_uri, workload)
+        if entry.upstream_tls is not None and entry.upstream_tls.local_uri:
+            peers.learn(entry.upstream_tls.local_uri, workload)
+        if workload.principal != UNKNOWN:
+            peers.learn(workload.principal, workload)
+
     def record_http(self, entry: HttpEntry, node: NodeIdentity) -> Recorded:
         """Count one HTTP/gRPC entry in the request metrics (and message counters for gRPC)."""
-        values = http_label_values(entry, node, self.options)
+        self._learn(entry, node)
+        values = http_label_values(entry, node, self.options, self.peers)
         now = self._clock()
         key = self._key
         if (store := self._requests) is not None:
@@ -228,23 +268,38 @@ class Recorder:
         return Recorded(values)
 
     def record_tcp(self, entry: TcpEntry, node: NodeIdentity) -> Recorded:
-        """Count a TCP open/periodic/close report; byte counts are cumulative per connection."""
-        values = tcp_label_values(entry, node, self.options)
-        now = self._clock()
+        """Count a TCP open/periodic/close report; byte counts are cumulative per connection.
+
+        A connection keeps the label values of the report that opened it, so its opened,
+        byte and closed counts always land in the same series (opened minus closed never goes
+        negative per series); a connect report that precedes the TLS handshake's end is held
+        back and the connection opens with the next report.
+        """
+        self._learn(entry, node)
         conn = (node.node_id, entry.stream_id) if entry.stream_id else None
         connections = self._connections
         previous = connections.get(conn) if conn is not None else None
-        opened = previous is None  # an unseen connection is new, whatever the first report is
-        rx = max(entry.received_bytes - (previous[0] if previous else 0), 0)
-        tx = max(entry.sent_bytes - (previous[1] if previous else 0), 0)
+        if previous is not None and previous.values is not None:
+            values = previous.values
+        else:
+            values = tcp_label_values(entry, node, self.options, self.peers)
+        if conn is not None and previous is None and _handshake_pending(entry):
+            self._track(conn, _Connection(entry.received_bytes, entry.sent_bytes, None))
+            return Recorded(values, pending=True)
+        # An unseen (or pending) connection opens now, whatever the first report is.
+        opened = previous is None or previous.values is None
+        rx = max(entry.received_bytes - (previous.received if previous else 0), 0)
+        tx = max(entry.sent_bytes - (previous.sent if previous else 0), 0)
         closed = entry.event is TcpEvent.CLOSE
         if conn is not None:
             if closed:
                 connections.pop(conn, None)
+            elif previous is None:
+                self._track(conn, _Connection(entry.received_bytes, entry.sent_bytes, values))
             else:
-                if opened and len(connections) >= MAX_TRACKED_CONNECTIONS:
-                    connections.pop(next(iter(connections)))  # oldest first: dicts keep order
-                connections[conn] = (entry.received_bytes, entry.sent_bytes)
+                previous.received, previous.sent = entry.received_bytes, entry.sent_bytes
+                previous.values = values
+        now = self._clock()
         key = self._key
         if opened and (store := self._tcp_opened) is not None:
             store.add(key(store, values, entry, node), 1.0, now)
@@ -255,6 +310,12 @@ class Recorder:
         if tx and (store := self._tcp_sent) is not None:
             store.add(key(store, values, entry, node), tx, now)
         return Recorded(values, opened, rx, tx)
+
+    def _track(self, conn: tuple[str, str], state: _Connection) -> None:
+        connections = self._connections
+        if len(connections) >= MAX_TRACKED_CONNECTIONS:
+            connections.pop(next(iter(connections)))  # oldest first: dicts keep order
+        connections[conn] = state
 
     # ------------------------------------------------------------------ upkeep
 

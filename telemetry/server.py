@@ -34,6 +34,8 @@ from telemetry.identity import (
     PEER_STASH_NAMESPACE,
     SERVICES_TAG,
     UNKNOWN_NODE,
+    UPSTREAM_LOCAL_SAN_TAG,
+    UPSTREAM_PEER_SAN_TAG,
     NodeIdentity,
     node_identity,
 )
@@ -97,6 +99,26 @@ def _tls(common: accesslog_pb2.AccessLogCommon) -> TlsInfo | None:
 
     return TlsInfo(peer_uri=uri(tls.peer_certificate_properties),
                    local_uri=uri(tls.local_certificate_properties))
+
+
+def _upstream_tls(common: accesslog_pb2.AccessLogCommon) -> TlsInfo | None:
+    """The upstream connection's URI SANs from the upstream SAN custom tags, when logged.
+
+    ALS's ``tls_properties`` describe the downstream connection only; Envoy's formatter knows
+    the upstream certificates, so the logger copies them into custom tags. Envoy writes ``-``
+    or nothing for a value it does not have (plaintext upstream, no connection).
+    """
+    tags = common.custom_tags
+    if not tags:
+        return None
+    peer = tags.get(UPSTREAM_PEER_SAN_TAG, "")
+    local = tags.get(UPSTREAM_LOCAL_SAN_TAG, "")
+    peer = "" if peer == "-" else peer
+    local = "" if local == "-" else local
+    if not peer and not local:
+        return None
+    # A certificate can carry several URI SANs; Envoy joins them with ",", Istio uses the first.
+    return TlsInfo(peer_uri=peer.split(",", 1)[0], local_uri=local.split(",", 1)[0])
 
 
 def _filter_state(common: accesslog_pb2.AccessLogCommon) -> tuple[
@@ -183,6 +205,7 @@ def http_entry(pb: accesslog_pb2.HTTPAccessLogEntry) -> HttpEntry:
         response_headers=_response_headers(common, response),
         response_trailers=dict(response.response_trailers),
         tls=_tls(common),
+        upstream_tls=_upstream_tls(common),
         peer_state=peer,
         grpc_request_messages=grpc_counts[0] if grpc_counts else None,
         grpc_response_messages=grpc_counts[1] if grpc_counts else None,
@@ -210,6 +233,7 @@ def tcp_entry(pb: accesslog_pb2.TCPAccessLogEntry) -> TcpEntry:
         downstream_remote_address=_address(common.downstream_remote_address),
         upstream_remote_address=_address(common.upstream_remote_address),
         tls=_tls(common),
+        upstream_tls=_upstream_tls(common),
         peer_state=peer,
         service_host=service_host,
         service_name=service_name,

@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 from telemetry.accesslog import AccessLogWriter, is_error
-from telemetry.entries import HttpEntry, TcpEntry, TcpEvent
+from telemetry.entries import HttpEntry, TcpEntry, TcpEvent, TlsInfo
 from telemetry.graph import ServiceGraph
 from telemetry.identity import NodeIdentity
 from telemetry.labels import http_label_values
 
 OUT = "outbound|8080||backend.shop.svc.cluster.local"
+MTLS = TlsInfo(peer_uri="spiffe://cluster.local/ns/shop/sa/frontend",
+               local_uri="spiffe://cluster.local/ns/shop/sa/backend")
 
 
 class Clock:
@@ -35,8 +37,10 @@ def test_graph_edge_rates_errors_and_percentiles(
         code = 500 if i == 0 else 200
         src = HttpEntry(upstream_cluster=OUT, response_code=code,
                         response_headers={"x-mixer-peer-metadata": backend_header})
+        # The server side believes the header only under the client's certificate.
         dst = HttpEntry(upstream_cluster="inbound|8080||", response_code=code,
-                        request_headers={"x-mixer-peer-metadata": frontend_header})
+                        request_headers={"x-mixer-peer-metadata": frontend_header},
+                        tls=MTLS)
         graph.add_request(http_label_values(src, frontend), 3.0)
         graph.add_request(http_label_values(dst, backend), 4.0 if i < 9 else 900.0)
         clock.now += 1
@@ -46,7 +50,7 @@ def test_graph_edge_rates_errors_and_percentiles(
         "frontend.shop", "backend.shop", "destination")
     assert edge["requests"] == 10 and edge["error_rate"] == 0.1
     assert 3 < edge["p50_ms"] <= 5 and edge["p99_ms"] > 600
-    assert edge["mtls"] is False and edge["mtls_ratio"] == 0.0
+    assert edge["mtls"] is True and edge["mtls_ratio"] == 1.0
     assert edge["request_rate"] > 0
     assert {n["id"] for n in snap["nodes"]} == {"frontend.shop", "backend.shop"}
 

@@ -304,9 +304,9 @@ async def test_istio_metrics_from_two_real_sidecars(
                      connection_security_policy="unknown", grpc_response_status="")
     assert _value(samples, "istio_requests_total", {**source, "response_code": "200"}) == 3
     assert _value(samples, "istio_requests_total", {**source, "response_code": "503"}) == 1
-    # Server side (reporter=destination): source identity from the frontend's request header,
-    # destination_service from the Host header (Istio's fallback), plain text -> "none".
-    dest = _series("destination", FRONTEND, BACKEND, request_protocol="http",
+    # Server side (reporter=destination): plain text, so the frontend's request header is not
+    # believed (anyone can send it straight to a sidecar): the source is unknown, "none".
+    dest = _series("destination", UNKNOWN, BACKEND, request_protocol="http",
                    response_flags="-", connection_security_policy="none",
                    grpc_response_status="")
     assert _value(samples, "istio_requests_total", {**dest, "response_code": "200"}) == 3
@@ -346,22 +346,27 @@ async def test_istio_metrics_from_two_real_sidecars(
     ) in text.splitlines()
 
     # gRPC: protocol, status and message counts on both sides.
-    for reporter, policy in (("source", "unknown"), ("destination", "none")):
-        grpc_series = _series(reporter, FRONTEND, BACKEND, request_protocol="grpc",
+    for reporter, policy, client in (("source", "unknown", FRONTEND),
+                                     ("destination", "none", UNKNOWN)):
+        grpc_series = _series(reporter, client, BACKEND, request_protocol="grpc",
                               response_flags="-", connection_security_policy=policy)
         assert _value(samples, "istio_requests_total",
                       {**grpc_series, "response_code": "200", "grpc_response_status": "0"}) == 1
-        peer = _series(reporter, FRONTEND, BACKEND)
+        peer = _series(reporter, client, BACKEND)
         assert _value(samples, "istio_request_messages_total", peer) == 1, reporter
         assert _value(samples, "istio_response_messages_total", peer) == 1, reporter
 
-    # The graph: one request edge per protocol, seen from the server side (no double count).
+    # The graph: the client's view names both ends; the server's (plain text) an unknown
+    # client, which also sent the direct request.
     edges = {(e["source"], e["destination"], e["protocol"]): e for e in graph["edges"]}
     http_edge = edges[("frontend.default", "backend.default", "http")]
     assert (http_edge["requests"], http_edge["error_rate"], http_edge["client_error_rate"]) == (
         5, 0.2, 0.2)
-    assert http_edge["reporter"] == "destination" and http_edge["mtls"] is False
+    assert http_edge["reporter"] == "source" and http_edge["mtls"] is None
     assert http_edge["p50_ms"] is not None and http_edge["p99_ms"] >= http_edge["p50_ms"]
+    server_edge = edges[("unknown", "backend.default", "http")]
+    assert (server_edge["reporter"], server_edge["requests"], server_edge["mtls"]) == (
+        "destination", 6, False)
     assert edges[("frontend.default", "backend.default", "grpc")]["requests"] == 1
     assert {n["id"] for n in graph["nodes"]} >= {"frontend.default", "backend.default"}
 

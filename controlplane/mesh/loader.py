@@ -14,8 +14,9 @@ shared ``Reloader`` can keep the last good mesh serving when an edit is bad:
    endpoint port names, TLS settings, ...) and the cross-file resolution: short host names,
    gateway references, service endpoints from WorkloadEntries, subsets to endpoints.
 4. The security kinds and our own files are loaded by their own loaders
-   (``extauthz.policy``, ``ratelimit.config``, ``telemetry.config``), so one bad file anywhere
-   fails the whole load with that loader's precise error.
+   (``extauthz.policy``, ``controlplane.security.peerauthn``, ``ratelimit.config``,
+   ``telemetry.config``), so one bad file anywhere fails the whole load with that loader's
+   precise error.
 
 Every error found is reported (``ConfigErrors``), not just the first. Cross-resource findings
 that Istio's analyzers report (a route to an unknown host, ...) are not load errors: they are
@@ -24,7 +25,6 @@ that Istio's analyzers report (a route to an unknown host, ...) are not load err
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -608,32 +608,21 @@ def _endpoint_ok(text: str) -> bool:
 # ------------------------------------------------------------------------------ other loaders
 
 
-def _security(files: _Files, root: Path) -> Any:
+def _authz(files: _Files, root: Path) -> Any:
     from extauthz.policy import compile_documents
 
     docs = [d for d in files.security_docs
             if any(isinstance(x, dict) and x.get("kind") in ("AuthorizationPolicy",
                                                               "RequestAuthentication")
                    for _, x in _resources(d))]
-    policies = compile_documents(docs, base_dir=root)
-    _peer_authentication(files)
-    return policies
+    return compile_documents(docs, base_dir=root)
 
 
-def _peer_authentication(files: _Files) -> None:
-    """Run ``controlplane.security.peerauthn`` over the PeerAuthentication documents, once
-    that module exists (it is being written beside this one)."""
-    try:
-        module = importlib.import_module("controlplane.security.peerauthn")
-    except ModuleNotFoundError:
-        return
-    compile_docs: Callable[..., Any] | None = getattr(module, "compile_documents", None)
-    if compile_docs is None:
-        return
-    docs = [d for d in files.security_docs
-            if any(isinstance(x, dict) and x.get("kind") == "PeerAuthentication"
-                   for _, x in _resources(d))]
-    compile_docs(docs)
+def _peer_authentications(files: _Files) -> Any:
+    from controlplane.security.peerauthn import compile_documents
+
+    # It skips the other kinds itself (quietly), so every security document can go in.
+    return compile_documents(files.security_docs)
 
 
 def _ratelimit(files: _Files) -> Any:
@@ -709,7 +698,8 @@ def load_mesh(path: Path, *, domain: str = DEFAULT_DOMAIN) -> m.Mesh:
            for item, spec in by_kind["DestinationRule"]]
     errors.extend(builder.errors)
     root = path if path.is_dir() else path.parent
-    authz = _run(errors, lambda: _security(files, root))
+    authz = _run(errors, lambda: _authz(files, root))
+    peers = _run(errors, lambda: _peer_authentications(files))
     limits = _run(errors, lambda: _ratelimit(files))
     telemetry = _run(errors, lambda: _telemetry(files))
     for _, _, docs in files.ratelimit:
@@ -720,7 +710,8 @@ def load_mesh(path: Path, *, domain: str = DEFAULT_DOMAIN) -> m.Mesh:
     return m.Mesh(
         services=tuple(services), workloads=tuple(workloads), sidecars=tuple(sidecars),
         gateways=tuple(gateways), virtual_services=tuple(vss), destination_rules=tuple(drs),
-        documents=tuple(documents), authz=authz, ratelimit=limits, telemetry=telemetry,
+        documents=tuple(documents), authz=authz, peer_authentications=peers or (),
+        ratelimit=limits, telemetry=telemetry,
         files=tuple(files.names))
 
 

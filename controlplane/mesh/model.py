@@ -14,7 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # the owning loaders' types; the model itself never imports them at runtime
+    from controlplane.security.peerauthn import PeerAuthentication
+    from extauthz.policy import PolicySet
+    from ratelimit.config import RateLimitConfig
+    from telemetry.config import TelemetryConfig
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -556,9 +562,10 @@ class RawDocument:
 class Mesh:
     """Everything a directory of mesh files describes, valid and resolved.
 
-    ``authz``, ``ratelimit`` and ``telemetry`` are what the services' own loaders built from
-    the same files (a ``PolicySet``, a ``RateLimitConfig`` or None, a ``TelemetryConfig`` or
-    None), so the control plane never re-parses them.
+    ``authz``, ``peer_authentications``, ``ratelimit`` and ``telemetry`` are what the owning
+    loaders built from the same files (a ``PolicySet``, ``PeerAuthentication`` values, a
+    ``RateLimitConfig`` or None, a ``TelemetryConfig`` or None), so the control plane never
+    re-parses them.
     """
 
     services: tuple[Service, ...] = ()
@@ -568,9 +575,10 @@ class Mesh:
     virtual_services: tuple[VirtualService, ...] = ()
     destination_rules: tuple[DestinationRule, ...] = ()
     documents: tuple[RawDocument, ...] = ()
-    authz: Any = None
-    ratelimit: Any = None
-    telemetry: Any = None
+    authz: PolicySet | None = None
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
+    ratelimit: RateLimitConfig | None = None
+    telemetry: TelemetryConfig | None = None
     files: tuple[str, ...] = ()
     _by_host: Mapping[str, Service] = field(init=False, repr=False, compare=False)
 

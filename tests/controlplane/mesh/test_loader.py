@@ -109,8 +109,8 @@ def test_other_kinds_are_loaded_by_their_own_loaders(demo: Mesh) -> None:
     """Policies, rate limits and telemetry are kept raw and loaded by their services' loaders."""
     assert sorted({d.kind for d in demo.documents}) == [
         "AuthorizationPolicy", "ratelimit", "telemetry"]
-    assert demo.authz.rule_count >= 4
-    assert "ingress" in demo.ratelimit.by_domain
+    assert demo.authz is not None and demo.authz.rule_count >= 4
+    assert demo.ratelimit is not None and "ingress" in demo.ratelimit.by_domain
     assert demo.telemetry is not None
     policy = demo.documents_of("AuthorizationPolicy")[0]
     assert policy.origin.key == "istio-system/ingress-public-paths"

@@ -285,6 +285,40 @@ def _egress_hosts(mesh: Mesh) -> Iterator[Finding]:
 # --------------------------------------------------------------------------------- ports
 
 
+def _gateway_ports(mesh: Mesh) -> Iterator[Finding]:
+    """IST0104: a Gateway server port that none of its WorkloadEntries lists (peers dial the
+    WorkloadEntry's ports; without traffic capture the gateway must listen on one of them)."""
+    for gateway in mesh.gateways:
+        workloads = [w for w in mesh.workloads_matching(None, gateway.selector) if w.ports]
+        if not gateway.selector or not workloads:
+            continue
+        for server in gateway.servers:
+            if not any(server.port.number in w.ports.values() for w in workloads):
+                yield Finding(
+                    "Warning", "IST0104", "GatewayPortNotOnWorkload",
+                    "The gateway refers to a port that is not exposed on the workload "
+                    f"(selector {_labels(gateway.selector)}; port {server.port.number})",
+                    gateway.origin, server.line)
+
+
+def _sidecar_ports(mesh: Mesh) -> Iterator[Finding]:
+    """MIX0004: a Sidecar ingress port that a selected WorkloadEntry does not list: peers dial
+    the WorkloadEntry's port, and without traffic capture nothing else reaches the sidecar."""
+    for sidecar in mesh.sidecars:
+        for workload in mesh.workloads_matching(sidecar.origin.namespace, sidecar.selector):
+            if not workload.ports:
+                continue
+            for listener in sidecar.ingress:
+                if listener.port.number not in workload.ports.values():
+                    ports = ", ".join(f"{k}={v}" for k, v in sorted(workload.ports.items()))
+                    yield Finding(
+                        "Warning", "MIX0004", "SidecarIngressPortNotOnWorkload",
+                        f"Ingress port {listener.port.number} is not a port of WorkloadEntry "
+                        f"{workload.key} ({ports}): peers will not reach it", sidecar.origin,
+                        listener.line)
+
+
+
 def _ports_without_protocol(mesh: Mesh) -> Iterator[Finding]:
     """MIX0001: a port that names no protocol, so HTTP routing, policies on paths and HTTP
     metrics cannot be set up for it."""
@@ -321,6 +355,8 @@ ANALYZERS: tuple[Callable[[Mesh], Iterable[Finding]], ...] = (
     _selectors,
     _sidecar_conflicts,
     _egress_hosts,
+    _gateway_ports,
+    _sidecar_ports,
     _ports_without_protocol,
 )
 

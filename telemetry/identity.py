@@ -284,6 +284,8 @@ class PeerDirectory:
     def __init__(self, max_entries: int = 10_000) -> None:
         self.max_entries = max_entries
         self._known: dict[str, WorkloadIdentity | None] = {}
+        #: (namespace, workload) -> the principal it was learned under.
+        self._principals: dict[tuple[str, str], str] = {}
 
     def learn(self, principal: str, workload: WorkloadIdentity) -> None:
         """Record that the workload ``workload`` holds a certificate for ``principal``."""
@@ -292,12 +294,18 @@ class PeerDirectory:
         known = self._known
         if principal in known:
             current = known[principal]
-            if current is not None and current != workload:
+            if current is not None and current is not workload and (
+                    current.workload, current.namespace) != (workload.workload,
+                                                             workload.namespace):
                 known[principal] = None  # two workloads share it: ambiguous from now on
             return
         if len(known) >= self.max_entries:
-            known.pop(next(iter(known)))  # oldest first: dicts keep insertion order
+            oldest = next(iter(known))
+            gone = known.pop(oldest)
+            if gone is not None:
+                self._principals.pop((gone.namespace, gone.workload), None)
         known[principal] = workload
+        self._principals[(workload.namespace, workload.workload)] = principal
 
     def lookup(self, principal: str) -> WorkloadIdentity | None:
         """The one workload known for ``principal`` (with that principal), or None."""
@@ -314,6 +322,19 @@ class PeerDirectory:
             self._known[principal] = found
         return found
 
+    def contradicts(self, claimed: WorkloadIdentity, principal: str) -> bool:
+        """True when what we learned says ``claimed`` is not the holder of ``principal``.
+
+        Either the principal belongs to another workload, or the claimed workload was seen
+        under another principal: a peer cannot borrow a known neighbour's name.
+        """
+        known = self._known.get(principal)
+        if known is not None and (known.workload, known.namespace) != (
+                claimed.workload, claimed.namespace):
+            return True
+        elsewhere = self._principals.get((claimed.namespace, claimed.workload))
+        return elsewhere is not None and elsewhere != principal
+
     def __len__(self) -> int:
         return len(self._known)
 
@@ -324,11 +345,13 @@ def verified_peer(
     """The peer of a connection whose certificate verified as ``principal``.
 
     A claim (peer-metadata header, filter state) that agrees with the certificate is believed,
-    with the certificate's principal; one naming another namespace or account is forged or
-    stale and ignored. Without a believable claim the directory's workload for the principal
-    is used, else what the certificate alone says (``workload_from_certificate``).
+    with the certificate's principal; one naming another namespace or account, or a workload
+    the directory knows under another principal, is forged or stale and ignored. Without a
+    believable claim the directory's workload for the principal is used, else what the
+    certificate alone says (``workload_from_certificate``).
     """
-    if claimed is not None and agrees_with_certificate(claimed, principal):
+    if claimed is not None and agrees_with_certificate(claimed, principal) and (
+            directory is None or not directory.contradicts(claimed, principal)):
         return with_principal(claimed, principal)
     known = directory.lookup(principal) if directory is not None else None
     return known if known is not None else workload_from_certificate(principal)

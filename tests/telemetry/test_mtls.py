@@ -241,3 +241,18 @@ def test_node_service_account_is_the_local_principal(backend: NodeIdentity) -> N
                          {**backend.metadata, "SERVICE_ACCOUNT": "backend"})
     labels = _labels(http_label_values(HttpEntry(upstream_cluster="inbound|8080||"), node))
     assert labels["destination_principal"] == BACKEND_SAN
+
+
+def test_a_certificate_cannot_borrow_a_known_neighbours_name(
+    backend: NodeIdentity, frontend: NodeIdentity, frontend_header: str,
+) -> None:
+    """A same-namespace peer claiming a workload known under another principal is not believed."""
+    peers = PeerDirectory()
+    peers.learn(FRONTEND_SAN, frontend.workload)
+    intruder = "spiffe://cluster.local/ns/shop/sa/intruder"
+    entry = HttpEntry(upstream_cluster="inbound|8080||",
+                      tls=TlsInfo(peer_uri=intruder, local_uri=BACKEND_SAN),
+                      request_headers={"x-mixer-peer-metadata": frontend_header})
+    labels = _labels(http_label_values(entry, backend, peers=peers))
+    assert _source(labels) == ("intruder", "shop", intruder)
+    assert labels["source_app"] == "unknown"

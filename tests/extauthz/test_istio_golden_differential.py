@@ -101,17 +101,18 @@ def _report(outcomes: list[Any], rejected: dict[str, str], notes: list[str]) -> 
         for o in items[:3]:
             lines.append(f"    {o.case}: {o.probe.describe()}  -> istio {o.istio}, ours {o.mixer}")
         lines.append("")
-    lines.append("# per case: requests / agreed / disagreed / not judged")
+    lines.append("# per case: requests / agreed / disagreed / not judged (Istio allowed)")
     per_case: dict[str, Counter[str]] = defaultdict(Counter)
     for o in outcomes:
         per_case[o.case]["requests"] += 1
+        per_case[o.case]["allowed"] += o.istio == 200
         if not o.judged:
             per_case[o.case]["not judged"] += 1
         else:
             per_case[o.case]["agreed" if o.agreed else "disagreed"] += 1
     for name, n in per_case.items():
         lines.append(f"#   {name}: {n['requests']} / {n['agreed']} / {n['disagreed']} / "
-                     f"{n['not judged']}")
+                     f"{n['not judged']} ({n['allowed']})")
     lines += [f"# note: {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
@@ -179,12 +180,16 @@ def test_verdicts_agree_with_istio_golden_rbac(
     MISMATCH_FILE.write_text(_report(outcomes, rejected, notes))
 
     total = len(outcomes) + not_loaded
+    allowed = sum(o.istio == 200 for o in judged)
     with capsys.disabled():
         print(f"\ndifferential: {len(work)} cases, {total} requests, {agreed} agreed, "
               f"{len(disagreed)} disagreed, {not_judged} not judged "
-              f"({len(rejected)} cases rejected, {len(diff.NOT_APPLICABLE)} not applicable)")
+              f"(Istio allowed {allowed}, denied {len(judged) - allowed}; "
+              f"{len(rejected)} cases rejected, {len(diff.NOT_APPLICABLE)} not applicable)")
     first = "\n".join(f"  {o.case} [{o.probe.tag}]: {o.probe.describe()} -> istio {o.istio}, "
                       f"ours {o.mixer}" for o in disagreed[:30])
+    # A harness that broke one listener would agree on "all denied" or "all allowed".
+    assert 0 < allowed < len(judged), f"Istio's verdicts are all alike: {allowed}/{len(judged)}"
     assert not rejected, f"policies rejected: {sorted(rejected)}; see {MISMATCH_FILE}"
     assert not disagreed, (f"{len(disagreed)} of {len(judged)} verdicts differ "
                            f"(classes in {MISMATCH_FILE}); first 30:\n{first}")

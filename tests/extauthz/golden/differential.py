@@ -110,7 +110,8 @@ class Probe:
     path: str = "/"
     host: str = DEFAULT_HOST
     headers: tuple[tuple[str, str], ...] = ()
-    sans: tuple[str, ...] | None = None  # client certificate SANs ("URI:..", "DNS:.."), or none
+    # Client certificate SANs ("URI:..", "DNS:.."); () a certificate without SANs; None none.
+    sans: tuple[str, ...] | None = None
     sni: str | None = None
     src_ip: str = DEFAULT_IP
     dst_ip: str = DEFAULT_IP
@@ -367,7 +368,8 @@ def variants(f: Field) -> list[Variant]:
     elif k == "host":
         for origin, c in concretes:
             out += [(f"{origin}:host", _set("host", c)),
-                    (f"{origin}:host-with-port", _set("host", c + ":80"))]
+                    (f"{origin}:host-with-port", _set("host", c + ":80")),
+                    (f"{origin}:host-trailing-dot", _set("host", c + "."))]
             if c.swapcase() != c:
                 out.append((f"{origin}:host-case", _set("host", c.swapcase())))
     elif k == "method":
@@ -394,6 +396,7 @@ def variants(f: Field) -> list[Variant]:
         for origin, c in concretes:
             out += [(f"{origin}:header", lines([c])),
                     (f"{origin}:header-padded", lines([f"  {c} "])),
+                    (f"{origin}:header-comma-joined", lines([f"{c},other"])),
                     (f"{origin}:header-repeated-line-after", lines(["other", c])),
                     (f"{origin}:header-repeated-line-before", lines([c, "other"])),
                     (f"{origin}:header-same-line-twice", lines([c, c])),
@@ -410,6 +413,8 @@ def variants(f: Field) -> list[Variant]:
             out += [(f"{origin}:principal-second-uri-san",
                      _san(f.slot, ["URI:spiffe://cluster.local/ns/other/sa/other", uri])),
                     (f"{origin}:principal-dns-san-only", _san(f.slot, ["DNS:" + c])),
+                    (f"{origin}:principal-scheme-upper-case",
+                     _san(f.slot, ["URI:SPIFFE://" + c])),
                     (f"{origin}:principal-uri-without-spiffe", _san(f.slot, ["URI:" + c]))]
         out.append(("absent:principal", _san(f.slot, None)))
     elif k == "namespace":
@@ -420,6 +425,8 @@ def variants(f: Field) -> list[Variant]:
                 continue
             out += [(f"{origin}:namespace-no-sa",
                      _san(f.slot, [f"URI:spiffe://cluster.local/ns/{c}"])),
+                    (f"{origin}:namespace-dns-san",
+                     _san(f.slot, [f"DNS:cluster.local/ns/{c}/sa/default"])),
                     (f"{origin}:namespace-deeper-path",
                      _san(f.slot, [f"URI:spiffe://cluster.local/x/ns/{c}/sa/default"])),
                     (f"{origin}:namespace-second-uri-san",
@@ -437,6 +444,8 @@ def variants(f: Field) -> list[Variant]:
                      _san(f.slot, ["URI:" + base + "/extra"])),
                     (f"{origin}:service-account-middle-segment",
                      _san(f.slot, [f"URI:spiffe://cluster.local/ns/{ns}/x/sa/{sa}"])),
+                    (f"{origin}:service-account-dns-san",
+                     _san(f.slot, [f"DNS:spiffe://cluster.local/ns/{ns}/sa/{sa}"])),
                     (f"{origin}:service-account-other-trust-domain",
                      _san(f.slot, [f"URI:spiffe://other.td/ns/{ns}/sa/{sa}"])),
                     (f"{origin}:service-account-other-namespace",
@@ -511,6 +520,7 @@ COMMON: tuple[Probe, ...] = (
     Probe(sans=("URI:spiffe://cluster.local/ns/foo/sa/x", "URI:spiffe://td2/ns/bar/sa/y"),
           tag="common:two-uri-sans"),
     Probe(sans=("DNS:httpbin.foo",), tag="common:dns-san-only"),
+    Probe(sans=(), tag="common:subject-only"),  # a certificate without any SAN
     Probe(claims=json.dumps({"iss": "https://issuer.example", "sub": "alice"}),
           tag="common:jwt"),
     Probe(headers=(("x-forwarded-for", "1.2.3.4"),), src_ip="10.0.0.1", dst_port=80,
@@ -938,6 +948,15 @@ CLASS_DESCRIPTIONS = {
     "header-empty-line-and-value": "header sent as an empty line plus a value line",
     "header-name-case": "header name in upper case",
     "header-padded": "header value with surrounding spaces (Envoy trims them)",
+    "header-comma-joined": "one header line '<value>,other'",
+    "principal-scheme-upper-case": "client certificate with URI SAN SPIFFE://<value>",
+    "namespace-dns-san": "DNS SAN cluster.local/ns/<value>/sa/default (Istio's regex sees it)",
+    "service-account-dns-san": "DNS SAN spiffe://cluster.local/ns/<ns>/sa/<sa>",
+    "host-trailing-dot": "authority <value>.",
+    "subject-only": "client certificate without SANs (Envoy's principal is its subject)",
+    "peer": "a peer spiffe://cluster.local/ns/foo/sa/x", "two-uri-sans": "two URI SANs",
+    "dns-san-only": "a DNS-only certificate", "jwt": "a plain valid JWT",
+    "addresses": "PROXY source 10.0.0.1, X-Forwarded-For 1.2.3.4, port 80",
     "path-dot-segments": "'/x/..' + path (Envoy normalizes it to the path)",
     "path-double-slash": "'/' + path (no slash merging in Istio's default normalization)",
     "header": "header with one line",
@@ -998,5 +1017,5 @@ def describe_class(tag: str) -> str:
     desc = CLASS_DESCRIPTIONS.get(form, form)
     origins = {"value": "a policy value", "notvalue": "a not-value", "near-miss": "a near miss",
                "absent": "field absent", "empty": "empty", "base": "base request",
-               "nested": "special form"}
+               "nested": "special form", "common": "a probe every case gets"}
     return f"{desc} ({origins.get(origin, origin)})"

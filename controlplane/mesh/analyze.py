@@ -211,6 +211,23 @@ def _rule_hosts(mesh: Mesh) -> Iterator[Finding]:
                           rule.origin)
 
 
+def _unverified_tls(mesh: Mesh) -> Iterator[Finding]:
+    """IST0128: tls mode SIMPLE without caCertificates does not verify the server."""
+    for rule in mesh.destination_rules:
+        policies = [(rule.traffic_policy, None)] + [(s.traffic_policy, s) for s in rule.subsets]
+        for policy, subset in policies:
+            tls = policy.tls if policy else None
+            if tls is None or tls.mode != "SIMPLE" or tls.ca_certificates:
+                continue
+            where = f' (subset "{subset.name}")' if subset else ""
+            yield Finding(
+                "Warning", "IST0128", "NoServerCertificateVerificationDestinationLevel",
+                f"DestinationRule {rule.origin.name} in namespace {rule.origin.namespace} has "
+                f"TLS mode set to SIMPLE but no caCertificates are set to validate server "
+                f"identity for host: {rule.host}{where}", rule.origin,
+                subset.line if subset else rule.origin.line)
+
+
 # ------------------------------------------------------------------------ selectors, Sidecar
 
 
@@ -286,8 +303,8 @@ def _egress_hosts(mesh: Mesh) -> Iterator[Finding]:
 
 
 def _gateway_ports(mesh: Mesh) -> Iterator[Finding]:
-    """IST0104: a Gateway server port that none of its WorkloadEntries lists (peers dial the
-    WorkloadEntry's ports; without traffic capture the gateway must listen on one of them)."""
+    """IST0162: a Gateway server port that none of its WorkloadEntries lists (Istio checks the
+    gateway's Service; here peers dial the WorkloadEntry's ports)."""
     for gateway in mesh.gateways:
         workloads = [w for w in mesh.workloads_matching(None, gateway.selector) if w.ports]
         if not gateway.selector or not workloads:
@@ -295,10 +312,32 @@ def _gateway_ports(mesh: Mesh) -> Iterator[Finding]:
         for server in gateway.servers:
             if not any(server.port.number in w.ports.values() for w in workloads):
                 yield Finding(
-                    "Warning", "IST0104", "GatewayPortNotOnWorkload",
-                    "The gateway refers to a port that is not exposed on the workload "
-                    f"(selector {_labels(gateway.selector)}; port {server.port.number})",
+                    "Warning", "IST0162", "GatewayPortNotDefinedOnService",
+                    f"The gateway listens on port {server.port.number}, which no WorkloadEntry "
+                    f"it selects ({_labels(gateway.selector)}) lists: peers cannot reach it",
                     gateway.origin, server.line)
+
+
+def _conflicting_gateways(mesh: Mesh) -> Iterator[Finding]:
+    """IST0145: two Gateways with the same selector serving overlapping hosts on one port."""
+    for i, a in enumerate(mesh.gateways):
+        for b in mesh.gateways[i + 1:]:
+            if dict(a.selector) != dict(b.selector):
+                continue
+            for sa in a.servers:
+                for sb in b.servers:
+                    if sa.port.number != sb.port.number:
+                        continue
+                    hosts = sorted({x.host for x in sa.hosts for y in sb.hosts
+                                    if hosts_overlap(x.host, y.host)})
+                    if not hosts:
+                        continue
+                    for mine, other, server in ((a, b, sa), (b, a, sb)):
+                        yield Finding(
+                            "Error", "IST0145", "ConflictingGateways",
+                            f"Conflict with gateways {other.origin.key} (workload selector "
+                            f"{_labels(a.selector)}, port {sa.port.number}, hosts "
+                            f"{', '.join(hosts)})", mine.origin, server.line)
 
 
 def _sidecar_ports(mesh: Mesh) -> Iterator[Finding]:
@@ -352,10 +391,12 @@ ANALYZERS: tuple[Callable[[Mesh], Iterable[Finding]], ...] = (
     _unreachable_rules,
     _empty_subsets,
     _rule_hosts,
+    _unverified_tls,
     _selectors,
     _sidecar_conflicts,
     _egress_hosts,
     _gateway_ports,
+    _conflicting_gateways,
     _sidecar_ports,
     _ports_without_protocol,
 )

@@ -476,6 +476,11 @@ class _Builder:
                     self.destination(item, d.destination, (*where, "route", k, "destination")),
                     d.weight, _headers(d.headers))
                 for k, d in enumerate(r.route))
+            if len(r.route) > 1 and not any(d.weight for d in r.route):
+                # Istio splits by weight/(sum of weights); all zero leaves nothing to split.
+                self.errors.append(item.error(
+                    "several destinations need weights (a destination gets weight/sum of "
+                    "the weights)", *where, "route"))
             if r.rewrite is not None and r.rewrite.uri_regex_rewrite is not None:
                 self.regex(item, r.rewrite.uri_regex_rewrite.match,
                            (*where, "rewrite", "uriRegexRewrite", "match"))
@@ -519,12 +524,18 @@ class _Builder:
                            x.port)
 
     def regex(self, item: _Item, pattern: str, where: PathKey) -> None:
-        # Envoy uses RE2; Python's re accepts every RE2 construct a route needs, so a pattern
-        # that fails here would fail in Envoy too (the reverse is not always true).
+        # Envoy uses RE2. Python's re accepts every RE2 construct a route needs, so a pattern
+        # that fails here would fail in Envoy too; the constructs re has and RE2 lacks
+        # (lookaround, backreferences) are rejected by name.
         try:
             re.compile(pattern)
         except re.error as exc:
             self.errors.append(item.error(f"invalid regex '{pattern}': {exc}", *where))
+            return
+        if _RE2_UNSUPPORTED.search(pattern):
+            self.errors.append(item.error(
+                f"invalid regex '{pattern}': RE2 (Envoy's regex engine) has no lookaround or "
+                "backreferences", *where))
 
     # -- DestinationRule
 
@@ -594,6 +605,8 @@ def _ip_or_cidr(text: str) -> bool:
         return False
     return True
 
+
+_RE2_UNSUPPORTED = re.compile(r"\(\?<?[=!]|\(\?P=|\\[1-9]")
 
 _ENDPOINT = re.compile(r"^(127\.0\.0\.1|0\.0\.0\.0|\[::1\]|\[::\]):(\d{1,5})$")
 

@@ -282,7 +282,8 @@ class Headers:
 
 @dataclass(frozen=True, slots=True)
 class WeightedDestination:
-    """One ``route[]`` entry."""
+    """One ``route[]`` entry: it gets ``weight`` / (sum of the route's weights) of the
+    requests; a lone destination gets them all, whatever its weight (Istio's rule)."""
 
     destination: Destination
     weight: int = 0

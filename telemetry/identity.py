@@ -341,17 +341,28 @@ class PeerDirectory:
 
 def verified_peer(
     claimed: WorkloadIdentity | None, principal: str, directory: PeerDirectory | None = None,
+    *, inbound: bool = True,
 ) -> WorkloadIdentity:
     """The peer of a connection whose certificate verified as ``principal``.
 
-    A claim (peer-metadata header, filter state) that agrees with the certificate is believed,
-    with the certificate's principal; one naming another namespace or account, or a workload
-    the directory knows under another principal, is forged or stale and ignored. Without a
-    believable claim the directory's workload for the principal is used, else what the
-    certificate alone says (``workload_from_certificate``).
+    A claim (peer-metadata header, filter state) is believed, with the certificate's principal,
+    only when it names the certificate's namespace (and account, when it names one) and the
+    directory does not contradict it (a workload it knows under another principal, or another
+    workload for this one). Inbound, where anyone holding a mesh certificate can dial a
+    sidecar, a claim must also be tied to the certificate: by naming its account, or by naming
+    the workload the directory knows for the principal. Outbound the client picked the upstream
+    and checked its SAN, so an agreeing claim suffices. Anything else is forged or stale and
+    ignored: the directory's workload for the principal is used, else what the certificate
+    alone says (``workload_from_certificate``). Without a directory only the namespace and
+    account are checked.
     """
-    if claimed is not None and agrees_with_certificate(claimed, principal) and (
-            directory is None or not directory.contradicts(claimed, principal)):
-        return with_principal(claimed, principal)
     known = directory.lookup(principal) if directory is not None else None
+    if claimed is not None and agrees_with_certificate(claimed, principal):
+        if directory is None:
+            return with_principal(claimed, principal)
+        tied = not inbound or claimed.principal != UNKNOWN or (
+            known is not None
+            and (known.workload, known.namespace) == (claimed.workload, claimed.namespace))
+        if tied and not directory.contradicts(claimed, principal):
+            return with_principal(claimed, principal)
     return known if known is not None else workload_from_certificate(principal)

@@ -292,7 +292,8 @@ def _sides(
     if not peer_uri:
         return local, claim or UNKNOWN_WORKLOAD, "unknown"
     policy = "mutual_tls" if local_uri else "unknown"
-    return with_principal(local, local_uri), verified_peer(claim, peer_uri, peers), policy
+    peer = verified_peer(claim, peer_uri, peers, inbound=False)
+    return with_principal(local, local_uri), peer, policy
 
 
 def http_label_values(

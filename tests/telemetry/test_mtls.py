@@ -122,6 +122,10 @@ def test_client_side_principals_and_policy_from_the_upstream_certificate(
                        response_headers={"x-mixer-peer-metadata": FORGED})
     assert _labels(http_label_values(forged, frontend))["destination_workload"] == "backend"
     assert _labels(http_label_values(forged, frontend))["destination_app"] == "unknown"
+    # Outbound the upstream's SAN was checked, so an agreeing claim needs no directory entry.
+    peers = PeerDirectory()
+    assert _labels(http_label_values(entry, frontend, peers=peers))["destination_app"] == (
+        "backend")
 
 
 def test_client_side_without_upstream_tls_keeps_istio_values(
@@ -203,13 +207,15 @@ def test_tcp_connection_keeps_the_labels_it_opened_with(backend: NodeIdentity) -
 def test_forged_headers_cannot_grow_metrics_beyond_the_cap(
     tmp_path: Path, backend: NodeIdentity,
 ) -> None:
-    """Endless agreeing-but-invented headers land in the overflow series past the cap."""
+    """Endless invented headers the certificate does not refute overflow past the cap."""
     path = tmp_path / "t.yaml"
     path.write_text("cardinality:\n  max_series_per_metric: 5\n")
     registry = CollectorRegistry()
     recorder = Recorder(load_config(path), registry)
     for i in range(50):
-        header = encode_peer_header({"NAMESPACE": "shop", "WORKLOAD_NAME": f"w{i}"})
+        # The certificate's own namespace and account, so believed: only the cap bounds them.
+        header = encode_peer_header({"NAMESPACE": "shop", "SERVICE_ACCOUNT": "frontend",
+                                     "WORKLOAD_NAME": f"w{i}"})
         for tls in (INBOUND_MTLS, None):
             recorder.record_http(HttpEntry(upstream_cluster="inbound|8080||", response_code=200,
                                            tls=tls,
@@ -256,3 +262,23 @@ def test_a_certificate_cannot_borrow_a_known_neighbours_name(
     labels = _labels(http_label_values(entry, backend, peers=peers))
     assert _source(labels) == ("intruder", "shop", intruder)
     assert labels["source_app"] == "unknown"
+
+
+def test_a_claim_naming_no_account_needs_the_directory_to_back_it(
+    backend: NodeIdentity, frontend: NodeIdentity, frontend_header: str,
+) -> None:
+    """Without SERVICE_ACCOUNT a claim is believed only if it names the principal's workload."""
+    invented = encode_peer_header({"NAMESPACE": "shop", "WORKLOAD_NAME": "invented"})
+    peers = PeerDirectory()
+
+    def source(header: str) -> tuple[str, str, str]:
+        entry = HttpEntry(upstream_cluster="inbound|8080||", tls=INBOUND_MTLS,
+                          request_headers={"x-mixer-peer-metadata": header})
+        labels = _labels(http_label_values(entry, backend, peers=peers))
+        return labels["source_workload"], labels["source_app"], labels["source_principal"]
+
+    assert source(invented) == ("frontend", "unknown", FRONTEND_SAN)  # the certificate's
+    assert source(frontend_header) == ("frontend", "unknown", FRONTEND_SAN)  # unconfirmed yet
+    peers.learn(FRONTEND_SAN, frontend.workload)
+    assert source(frontend_header) == ("frontend", "frontend", FRONTEND_SAN)
+    assert source(invented) == ("frontend", "frontend", FRONTEND_SAN)  # the directory's

@@ -172,8 +172,11 @@ def test_verdicts_agree_with_istio_golden_rbac(
         f"{len(outcomes) - len(judged)} requests not judged: both listeners answered the same "
         "non-verdict status (e.g. 400 for a method or host Envoy's codec refuses)",
         f"{not_loaded} requests of {len(rejected)} rejected cases not sent",
-        f"{unsendable} generated requests not sent: Envoy's HTTP/1 codec refuses their method "
-        "(only the standard methods pass) before any filter runs, or the SNI starts with '.'",
+        f"{unsendable} generated requests not sent: Python's ssl refuses their SNI (empty or "
+        "starting with a dot)",
+        f"{sum(o.probe.method not in diff.SENDABLE_METHODS for o in outcomes)} requests carry a "
+        f"method Envoy's codec refuses: sent as GET with {diff.METHOD_HEADER}, which the first "
+        "filter of both listeners (Lua) makes the :method",
     ]
     unjudged = Counter(f"both {o.istio}" for o in outcomes if not o.judged)
     notes.append(f"not-judged answers: {dict(unjudged)} (-1: no HTTP answer)")

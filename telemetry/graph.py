@@ -202,11 +202,13 @@ class ServiceGraph:
                 })
                 mtls_base = requests
             mtls = sum(s.mtls for s in slots)
-            if reporter == "destination":
+            # A server always knows; a client only when its logger logs the upstream SANs
+            # (otherwise its policy is "unknown", never "mutual_tls").
+            if reporter == "destination" or mtls:
                 ratio = round(mtls / mtls_base, 4) if mtls_base else 0.0
                 item.update({"mtls": bool(mtls_base) and mtls == mtls_base, "mtls_ratio": ratio})
             else:
-                item.update({"mtls": None, "mtls_ratio": None})  # a client cannot tell
+                item.update({"mtls": None, "mtls_ratio": None})  # this client cannot tell
             edges.append(item)
         for name in [n for n, (_, seen) in self._nodes.items() if seen < cutoff]:
             del self._nodes[name]

@@ -100,3 +100,16 @@ def test_sampling_keeps_errors(tmp_path: Path, frontend: NodeIdentity) -> None:
     assert [x.get("response_code", 0) for x in lines] == [503, 0, 403]
     assert writer.sampled_out == 2
     assert is_error(TcpEntry(event=TcpEvent.CLOSE, response_flags="UF"))
+
+
+def test_client_edge_shows_mtls_when_the_upstream_sans_are_logged(
+    frontend: NodeIdentity,
+) -> None:
+    """A client-only edge says mtls when its entries carry the upstream certificates."""
+    graph = ServiceGraph(60, clock=Clock())
+    upstream = TlsInfo(peer_uri="spiffe://cluster.local/ns/shop/sa/backend",
+                       local_uri="spiffe://cluster.local/ns/shop/sa/frontend")
+    graph.add_request(http_label_values(
+        HttpEntry(upstream_cluster=OUT, response_code=200, upstream_tls=upstream), frontend), 1.0)
+    (edge,) = graph.snapshot()["edges"]
+    assert (edge["reporter"], edge["mtls"], edge["mtls_ratio"]) == ("source", True, 1.0)

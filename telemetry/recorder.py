@@ -284,7 +284,8 @@ class Recorder:
         else:
             values = tcp_label_values(entry, node, self.options, self.peers)
         if conn is not None and previous is None and _handshake_pending(entry):
-            self._track(conn, _Connection(entry.received_bytes, entry.sent_bytes, None))
+            # Bytes from zero: the report that opens the connection counts all of them.
+            self._track(conn, _Connection(0, 0, None))
             return Recorded(values, pending=True)
         # An unseen (or pending) connection opens now, whatever the first report is.
         opened = previous is None or previous.values is None

@@ -177,7 +177,7 @@ def test_tcp_open_before_the_handshake_counts_with_the_close_labels(
                                  stream_id="c", upstream_tls=OUTBOUND_MTLS), frontend)
     early = recorder.record_tcp(TcpEntry(
         event=TcpEvent.OPEN, upstream_cluster="inbound|9000||", stream_id="s",
-        tls=TlsInfo(local_uri=BACKEND_SAN)), backend)
+        tls=TlsInfo(local_uri=BACKEND_SAN), received_bytes=1), backend)
     assert early.pending and not early.opened
     close = recorder.record_tcp(TcpEntry(
         event=TcpEvent.CLOSE, upstream_cluster="inbound|9000||", stream_id="s",

@@ -121,7 +121,7 @@ def test_service_of_catch_all_clusters_name_themselves() -> None:
 def test_server_side_labels_with_peer_header_and_mtls(
     backend: NodeIdentity, frontend_header: str
 ) -> None:
-    """reporter=destination: source from header + SAN, mutual_tls when both SANs present."""
+    """reporter=destination: a header naming another namespace than the SAN is not believed."""
     entry = HttpEntry(
         upstream_cluster="inbound|8080||", authority="backend.shop.svc.cluster.local:8080",
         service_host="backend.shop.svc.cluster.local", response_code=200,
@@ -133,8 +133,9 @@ def test_server_side_labels_with_peer_header_and_mtls(
     )
     labels = _labels(http_label_values(entry, backend))
     assert labels["reporter"] == "destination"
-    assert labels["source_workload"] == "frontend"
-    assert labels["source_workload_namespace"] == "other"  # the SAN wins, as in Istio
+    # The certificate alone names the peer: its namespace, its account as the workload.
+    assert (labels["source_workload"], labels["source_app"]) == ("frontend", "unknown")
+    assert labels["source_workload_namespace"] == "other"
     assert labels["source_principal"] == "spiffe://cluster.local/ns/other/sa/frontend"
     assert labels["destination_principal"] == "spiffe://cluster.local/ns/shop/sa/backend"
     assert labels["destination_workload"] == "backend"

@@ -255,10 +255,30 @@ class Builder:
             port = _port(eg.port, item.line("egress", i, "port")) if eg.port else None
             egress.append(m.EgressListener(port, eg.bind, eg.capture_mode, tuple(hosts),
                                            item.line("egress", i)))
+        self.listener_ports(item, ingress, egress)
         selector = spec.workload_selector.labels if spec.workload_selector else None
         policy = spec.outbound_traffic_policy.mode if spec.outbound_traffic_policy else "ALLOW_ANY"
         return m.Sidecar(item.origin, m.frozen_map(selector) if selector is not None else None,
                          tuple(ingress), tuple(egress), policy)
+
+    def listener_ports(self, item: Item, ingress: Sequence[m.IngressListener],
+                       egress: Sequence[m.EgressListener]) -> None:
+        # One Envoy binds every listener of its Sidecar: a bind address and port used twice
+        # would make it reject the whole listener set.
+        seen: dict[tuple[str, int], str] = {}
+        listeners: list[tuple[str, int, m.Port | None, str]] = [
+            ("ingress", i, x.port, x.bind) for i, x in enumerate(ingress)]
+        listeners += [("egress", i, x.port, x.bind) for i, x in enumerate(egress)]
+        for section, i, port, bind in listeners:
+            if port is None:
+                continue
+            key = (bind or "0.0.0.0", port.number)
+            if key in seen:
+                self.errors.append(item.error(
+                    f"port {port.number} on {key[0]} is already used by {seen[key]}",
+                    section, i, "port", "number"))
+            else:
+                seen[key] = f"{section}[{i}]"
 
     def capture(self, item: Item, mode: str, *path: str | int) -> None:
         if mode == "IPTABLES":

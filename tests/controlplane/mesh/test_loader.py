@@ -203,3 +203,10 @@ def test_missing_directory(tmp_path: Path) -> None:
     """A path that does not exist is a ConfigError naming it."""
     with pytest.raises(ConfigError, match="no such file or directory"):
         load_mesh(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("name", ["policy.yaml", "ratelimit.yaml", "telemetry.yaml"])
+def test_demo_rules_are_the_shipped_examples(name: str) -> None:
+    """The demo's policy, rate-limit and telemetry files are mixer up's shipped examples."""
+    shipped = Path(__file__).resolve().parents[3] / "envoy_mixer" / "examples" / name
+    assert (DEMO / name).read_text() == shipped.read_text()

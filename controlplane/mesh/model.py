@@ -599,6 +599,39 @@ class Mesh:
         """The raw documents of one kind (e.g. ``AuthorizationPolicy`` or ``ratelimit``)."""
         return tuple(d for d in self.documents if d.kind == kind)
 
+    def sidecar_for(self, workload: Workload) -> Sidecar | None:
+        """The Sidecar that configures ``workload``'s Envoy, by Istio's precedence: one in its
+        namespace whose selector matches, else its namespace's Sidecar without a selector,
+        else the root namespace's Sidecar without a selector."""
+        own = [s for s in self.sidecars if s.origin.namespace == workload.namespace]
+        for sidecar in own:
+            if sidecar.selector and labels_match(sidecar.selector, workload.labels):
+                return sidecar
+        for sidecar in own:
+            if not sidecar.selector:
+                return sidecar
+        return next((s for s in self.sidecars
+                     if s.origin.namespace == ROOT_NAMESPACE and not s.selector), None)
+
+    def gateways_for(self, workload: Workload) -> tuple[Gateway, ...]:
+        """The Gateways whose selector matches ``workload`` (gateway workloads, any namespace)."""
+        return tuple(g for g in self.gateways
+                     if g.selector and labels_match(g.selector, workload.labels))
+
+    def virtual_services_for(self, gateway: str) -> tuple[VirtualService, ...]:
+        """The VirtualServices bound to ``gateway`` (``namespace/name``, or ``mesh``)."""
+        return tuple(v for v in self.virtual_services if gateway in v.gateways)
+
+    def destination_rule_for(self, host: str) -> DestinationRule | None:
+        """The DestinationRule for ``host``: the one naming it exactly, else the one with the
+        most specific wildcard covering it (Istio's host precedence)."""
+        exact = next((r for r in self.destination_rules if r.host == host), None)
+        if exact is not None:
+            return exact
+        covering = [r for r in self.destination_rules
+                    if r.host.startswith("*") and (r.host == "*" or host.endswith(r.host[1:]))]
+        return max(covering, key=lambda r: len(r.host), default=None)
+
     def workloads_matching(self, namespace: str | None,
                            selector: Mapping[str, str] | None) -> tuple[Workload, ...]:
         """The workloads of ``namespace`` (None: every namespace) carrying ``selector``."""

@@ -210,3 +210,50 @@ def test_demo_rules_are_the_shipped_examples(name: str) -> None:
     """The demo's policy, rate-limit and telemetry files are mixer up's shipped examples."""
     shipped = Path(__file__).resolve().parents[3] / "envoy_mixer" / "examples" / name
     assert (DEMO / name).read_text() == shipped.read_text()
+
+
+def test_lookups_for_the_builders(demo: Mesh) -> None:
+    """Sidecar, Gateways, VirtualServices and DestinationRule of a workload or host."""
+    frontend, backend, ingress, _ = demo.workloads
+    sidecar = demo.sidecar_for(frontend)
+    assert sidecar is not None and sidecar.origin.name == "frontend"
+    assert demo.sidecar_for(ingress) is None
+    assert [g.origin.key for g in demo.gateways_for(ingress)] == ["istio-system/ingressgateway"]
+    assert demo.gateways_for(backend) == ()
+    assert [v.origin.key for v in demo.virtual_services_for("istio-system/ingressgateway")] == [
+        "default/frontend"]
+    assert [v.origin.key for v in demo.virtual_services_for(MESH_GATEWAY)] == ["default/backend"]
+    rule = demo.destination_rule_for("backend.default.svc.cluster.local")
+    assert rule is not None and rule.origin.key == "default/backend"
+    assert demo.destination_rule_for("frontend.default.svc.cluster.local") is None
+
+
+def test_sidecar_and_rule_precedence(tmp_path: Path) -> None:
+    """A selecting Sidecar beats the namespace default, which beats the root namespace's;
+    an exact DestinationRule host beats a wildcard, a longer wildcard a shorter one."""
+    head = "apiVersion: networking.istio.io/v1\n"
+    (tmp_path / "mesh.yaml").write_text("---\n".join([
+        head + "kind: WorkloadEntry\nmetadata: {name: a, namespace: shop}\n"
+               "spec: {address: 10.0.0.1, labels: {app: a}}\n",
+        head + "kind: WorkloadEntry\nmetadata: {name: b, namespace: shop}\n"
+               "spec: {address: 10.0.0.2, labels: {app: b}}\n",
+        head + "kind: WorkloadEntry\nmetadata: {name: c, namespace: blog}\n"
+               "spec: {address: 10.0.0.3}\n",
+        head + "kind: Sidecar\nmetadata: {name: for-a, namespace: shop}\n"
+               "spec: {workloadSelector: {labels: {app: a}}, egress: [{hosts: ['./*']}]}\n",
+        head + "kind: Sidecar\nmetadata: {name: default, namespace: shop}\n"
+               "spec: {egress: [{hosts: ['./*']}]}\n",
+        head + "kind: Sidecar\nmetadata: {name: default, namespace: istio-system}\n"
+               "spec: {egress: [{hosts: ['*/*']}]}\n",
+        head + "kind: DestinationRule\nmetadata: {name: all}\nspec: {host: '*.com'}\n",
+        head + "kind: DestinationRule\nmetadata: {name: example}\n"
+               "spec: {host: '*.example.com'}\n",
+        head + "kind: DestinationRule\nmetadata: {name: api}\nspec: {host: api.example.com}\n",
+    ]))
+    mesh = load_mesh(tmp_path)
+    a, b, c = mesh.workloads
+    assert [mesh.sidecar_for(w).origin.key for w in (a, b, c)] == [  # type: ignore[union-attr]
+        "shop/for-a", "shop/default", "istio-system/default"]
+    names = [mesh.destination_rule_for(h) for h in ("api.example.com", "www.example.com",
+                                                    "example.com", "example.org")]
+    assert [r.origin.name if r else None for r in names] == ["api", "example", "all", None]

@@ -9,6 +9,7 @@ has the same analyzer, at Istio's level; ours start with ``MIX`` (see ``docs/mes
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from controlplane.mesh.hosts import host_matches, hosts_overlap
 from controlplane.mesh.model import (
     MESH_GATEWAY,
     ROOT_NAMESPACE,
+    HttpMatch,
     Mesh,
     Origin,
     Port,
@@ -174,18 +176,46 @@ def _hosts_in_gateway(mesh: Mesh) -> Iterator[Finding]:
 
 
 def _unreachable_rules(mesh: Mesh) -> Iterator[Finding]:
-    """IST0130: routes after one that matches everything are never used."""
+    """IST0130: a rule after one that takes every request, or whose every match an earlier
+    rule already has, is never used; IST0131 (Info): one match an earlier rule already has."""
+    everything = HttpMatch()
     for vs in mesh.virtual_services:
-        for i, route in enumerate(vs.http[:-1]):
-            if not route.match:
-                for j in range(i + 1, len(vs.http)):
-                    label = vs.http[j].name or f"#{j}"
-                    yield Finding(
-                        "Warning", "IST0130", "VirtualServiceUnreachableRule",
-                        f"VirtualService rule {label} not used (rule "
-                        f"{route.name or f'#{i}'} has no match and takes every request)",
-                        vs.origin, vs.http[j].line)
-                break
+        earlier: dict[HttpMatch, int] = {}
+        catch_all: int | None = None
+
+        def label(index: int, vs: VirtualService = vs) -> str:
+            return vs.http[index].name or f"#{index}"
+
+        for j, route in enumerate(vs.http):
+            if catch_all is not None:
+                yield Finding(
+                    "Warning", "IST0130", "VirtualServiceUnreachableRule",
+                    f"VirtualService rule {label(j)} not used (rule {label(catch_all)} has no "
+                    "match and takes every request)", vs.origin, route.line)
+                continue
+            # A match's name is a label, not a condition: two matches differing only by name
+            # are the same match.
+            keys = [dataclasses.replace(x, name="") for x in route.match]
+            if not keys or everything in keys:
+                catch_all = j
+                continue
+            firsts = [earlier.get(k) for k in keys]
+            if all(f is not None for f in firsts):
+                rules = ", ".join(dict.fromkeys(label(f) for f in firsts if f is not None))
+                yield Finding(
+                    "Warning", "IST0130", "VirtualServiceUnreachableRule",
+                    f"VirtualService rule {label(j)} not used (every match is already in rule "
+                    f"{rules})", vs.origin, route.line)
+            else:
+                for n, first in enumerate(firsts):
+                    if first is not None:
+                        yield Finding(
+                            "Info", "IST0131", "VirtualServiceIneffectiveMatch",
+                            f"VirtualService rule {label(j)} match #{n} is not used "
+                            f"(duplicate/overlapping match in rule {label(first)})",
+                            vs.origin, route.line)
+            for key in keys:
+                earlier.setdefault(key, j)
 
 
 # -------------------------------------------------------------------------- DestinationRule

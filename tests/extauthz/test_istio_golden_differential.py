@@ -130,7 +130,7 @@ def test_verdicts_agree_with_istio_golden_rbac(
     for case in diff.CASES:
         policies = [d for d in yaml.safe_load_all((diff.GOLDEN / case.input).read_text()) if d]
         undriven += diff.undriven_conditions(policies)
-        probes, dropped = diff.generate(policies)
+        probes, dropped = diff.generate(policies, case.probe_trust_domains)
         unsendable += dropped
         ports = diff.CasePorts(*(_unique_port(free_port, taken) for _ in range(4)))
         policy = tmp_path / f"{case.name.replace('/', '_')}.yaml"

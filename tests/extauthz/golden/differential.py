@@ -61,6 +61,12 @@ class Case:
     trust_domain: str | None = None
     aliases: tuple[str, ...] = ()
 
+    @property
+    def probe_trust_domains(self) -> tuple[str, ...]:
+        """Trust domains probes swap into named identities: the bundle, and one outside it."""
+        bundle = (self.trust_domain, *self.aliases) if self.trust_domain else ("cluster.local",)
+        return (*bundle, "other-td")
+
 
 #: ``TestGenerator_GenerateHTTP`` at istio 86c9f01f, minus the CUSTOM cases (see NOT_APPLICABLE).
 CASES: tuple[Case, ...] = (
@@ -341,10 +347,12 @@ def _concretes(f: Field) -> list[tuple[str, str]]:
     return out
 
 
-def variants(f: Field) -> list[Variant]:
+def variants(f: Field, trust_domains: Sequence[str] = ()) -> list[Variant]:
     """Every way this probe generator varies one field; the first is the satisfying one.
 
-    Tags name the class a disagreement falls into (see ``CLASS_DESCRIPTIONS``).
+    ``trust_domains`` (the case's bundle, plus one outside it) replace the trust domain of
+    identities the policy names. Tags name the class a disagreement falls into (see
+    ``CLASS_DESCRIPTIONS``). One branch per field kind, on purpose.
     """
     k, out = f.kind, []
     if k in ("source_ip", "remote_ip", "dest_ip"):
@@ -410,6 +418,11 @@ def variants(f: Field) -> list[Variant]:
             out.append((f"{origin}:principal", _san(f.slot, [uri])))
             if origin == "near-miss":
                 continue  # the other certificate forms only for values (handshakes are dear)
+            head, sep, rest = c.partition("/ns/")
+            if sep and "*" not in head:
+                out += [(f"{origin}:principal-trust-domain-{td}",
+                         _san(f.slot, [f"URI:spiffe://{td}/ns/{rest}"]))
+                        for td in trust_domains if td != head]
             out += [(f"{origin}:principal-second-uri-san",
                      _san(f.slot, ["URI:spiffe://cluster.local/ns/other/sa/other", uri])),
                     (f"{origin}:principal-dns-san-only", _san(f.slot, ["DNS:" + c])),
@@ -460,6 +473,8 @@ def variants(f: Field) -> list[Variant]:
                      _san(f.slot, [f"URI:spiffe://{c}/ns/foo/sa/default"])),
                     (f"{origin}:trust-domain-case",
                      _san(f.slot, [f"URI:spiffe://{c.upper()}/ns/foo/sa/default"]))]
+        out += [(f"bundle:trust-domain-{td}",
+                 _san(f.slot, [f"URI:spiffe://{td}/ns/foo/sa/default"])) for td in trust_domains]
         out.append(("absent:trust-domain", _san(f.slot, None)))
     elif k == "request_principal":
         for origin, c in concretes:
@@ -558,7 +573,8 @@ def _sendable(spec: _Spec) -> bool:
     return spec.sni is None or (spec.sni != "" and not spec.sni.startswith("."))
 
 
-def generate(policies: Sequence[dict[str, Any]]) -> tuple[list[Probe], int]:
+def generate(policies: Sequence[dict[str, Any]],
+             trust_domains: Sequence[str] = ()) -> tuple[list[Probe], int]:
     """All probes for a case's policies, deduplicated, in a stable order; and how many
     generated requests were dropped because the client cannot send them (see ``_sendable``)."""
     probes: dict[Probe, None] = dict.fromkeys(COMMON)
@@ -566,7 +582,7 @@ def generate(policies: Sequence[dict[str, Any]]) -> tuple[list[Probe], int]:
     for policy in policies:
         for rule in (policy.get("spec") or {}).get("rules") or []:
             for combo in rule_combos(rule):
-                per_field = [variants(f) for f in combo]
+                per_field = [variants(f, trust_domains) for f in combo]
                 base = _Spec()
                 for vs in per_field:
                     # The first accepted value the client can send; if none, the field stays
@@ -1008,6 +1024,8 @@ CLASS_DESCRIPTIONS = {
     "service-account-prefix": "peer .../sa/x<sa>",
     "trust-domain": "peer spiffe://<td>/ns/foo/sa/default",
     "trust-domain-case": "peer trust domain in upper case",
+    "principal-trust-domain": "the policy's principal with its trust domain replaced by a "
+                              "bundle member or an outsider (other-td)",
     "sni": "TLS SNI equal to the value",
     "sni-upper-case": "TLS SNI in upper case",
     "source-ip": "PROXY-protocol peer address in the block",
@@ -1041,8 +1059,11 @@ def describe_class(tag: str) -> str:
     origin, _, form = tag.partition(":")
     if origin == "base":
         return f"every field of one rule at an accepted value (fields: {form})"
+    if form.startswith("principal-trust-domain-"):
+        form = "principal-trust-domain"
     desc = CLASS_DESCRIPTIONS.get(form, form)
     origins = {"value": "a policy value", "notvalue": "a not-value", "near-miss": "a near miss",
                "absent": "field absent", "empty": "empty", "base": "base request",
-               "nested": "special form", "common": "a probe every case gets"}
+               "nested": "special form", "common": "a probe every case gets",
+               "bundle": "a trust domain of the case's bundle"}
     return f"{desc} ({origins.get(origin, origin)})"

@@ -507,7 +507,24 @@ def _ip_variants(kind: str, origin: str, ip: str) -> list[Variant]:
     # does not use the remote address), or the peer when the header is absent.
     return [(f"{origin}:remote-ip-xff", _set("xff", [ip])),
             (f"{origin}:remote-ip-peer-without-xff", _set("src_ip", ip)),
-            (f"{origin}:remote-ip-left-of-xff", _set("xff", [ip, "127.0.0.9"]))]
+            (f"{origin}:remote-ip-left-of-xff", _set("xff", [ip, "127.0.0.9"])),
+            (f"{origin}:remote-ip-xff-lines", _xff_lines([ip], ["127.0.0.9"])),
+            (f"{origin}:remote-ip-xff-lines", _xff_lines(["127.0.0.9"], [ip])),
+            (f"{origin}:remote-ip-peer-with-garbage-xff", _peer_and_xff(ip, "not-an-ip")),
+            (f"{origin}:remote-ip-xff-garbage-last", _set("xff", [ip, "not-an-ip"]))]
+
+
+def _xff_lines(*lines: list[str]) -> Apply:
+    def apply(s: _Spec) -> None:
+        s.xff = None
+        s.headers["x-forwarded-for"] = [", ".join(line) for line in lines]
+    return apply
+
+
+def _peer_and_xff(peer: str, xff: str) -> Apply:
+    def apply(s: _Spec) -> None:
+        s.src_ip, s.xff = peer, [xff]
+    return apply
 
 
 def _path_forms(c: str) -> list[tuple[str, str]]:
@@ -523,6 +540,7 @@ def _path_forms(c: str) -> list[tuple[str, str]]:
                 ("path-template-empty-segment", c.replace("{**}", "").replace("{*}", ""))]
     return [("path", c), ("path-trailing-slash", c + "/"), ("path-query", c + "?q=1"),
             ("path-case", c.upper()), ("path-dot-segments", "/x/.." + c),
+            ("path-percent-encoded", re.sub(r"^/([A-Za-z])", lambda m: f"/%{ord(m[1]):02X}", c)),
             ("path-double-slash", "/" + c)]
 
 
@@ -1033,6 +1051,11 @@ CLASS_DESCRIPTIONS = {
     "remote-ip-xff": "block address as the right-most X-Forwarded-For entry",
     "remote-ip-peer-without-xff": "block address as the peer, no X-Forwarded-For",
     "remote-ip-left-of-xff": "block address left of another X-Forwarded-For entry",
+    "remote-ip-xff-lines": "X-Forwarded-For sent as two header lines",
+    "remote-ip-peer-with-garbage-xff": "block address as the peer, X-Forwarded-For not an IP "
+                                       "(Envoy then falls back to the peer)",
+    "remote-ip-xff-garbage-last": "X-Forwarded-For '<block address>, not-an-ip'",
+    "path-percent-encoded": "first letter of the path percent-encoded (an unreserved char)",
     "destination-ip": "PROXY-protocol destination address",
     "port": "PROXY-protocol destination port",
     "path": "request path", "path-trailing-slash": "path plus a trailing '/'",

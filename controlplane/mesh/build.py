@@ -27,8 +27,8 @@ from controlplane.mesh.schema import serviceentry as se_schema
 from controlplane.mesh.schema import sidecar as sc_schema
 from controlplane.mesh.schema import virtualservice as vs_schema
 from controlplane.mesh.schema.common import NOT_SUPPORTED
-from envoy_mixer.errors import ConfigError
-from envoy_mixer.yamlsrc import SourceDoc
+from envoy_mixer.common.errors import ConfigError
+from envoy_mixer.common.yamlsrc import SourceDoc
 
 PathKey = tuple[str | int, ...]
 
@@ -214,8 +214,8 @@ class Builder:
             self.errors.append(item.error("missing required key 'address'", "address"))
             return None
         meta = item.resource.metadata
-        # Istio merges the resource's own labels under the spec's (spec labels win).
-        labels = {**meta.labels, **spec.labels}
+        # Istio merges metadata.labels into the spec's labels, metadata winning a clash.
+        labels = {**spec.labels, **meta.labels}
         return m.Workload(meta.name, item.namespace, spec.address, m.frozen_map(labels),
                           spec.service_account, m.frozen_map(spec.ports), item.origin,
                           spec.weight)

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from controlplane.mesh.analyze import analyze, has_errors
 from controlplane.mesh.loader import load_mesh
-from envoy_mixer.errors import ConfigError, ConfigErrors
+from envoy_mixer.common.errors import ConfigError, ConfigErrors
 
 
 def _where(err: ConfigError) -> str:

@@ -4,7 +4,7 @@
 shared ``Reloader`` can keep the last good mesh serving when an edit is bad:
 
 1. Every ``*.yaml``/``*.yml`` file of the directory is parsed with line numbers
-   (``envoy_mixer.yamlsrc``). A file holds either Kubernetes-style Istio resources (each
+   (``envoy_mixer.common.yamlsrc``). A file holds either Kubernetes-style Istio resources (each
    document has ``apiVersion`` and ``kind``; ``kind: List`` is unwrapped) or one of our own
    configs: envoyproxy/ratelimit's format (documents with ``domain:``) or the telemetry config.
 2. Each Istio resource is dispatched on kind and apiVersion to its pydantic schema
@@ -42,8 +42,8 @@ from controlplane.mesh.build import (
     schema_errors,
 )
 from controlplane.mesh.hosts import DEFAULT_DOMAIN
-from envoy_mixer.errors import ConfigError, ConfigErrors
-from envoy_mixer.yamlsrc import SourceDoc, config_files, load_documents
+from envoy_mixer.common.errors import ConfigError, ConfigErrors
+from envoy_mixer.common.yamlsrc import SourceDoc, config_files, load_documents
 
 NETWORKING_VERSIONS = ("networking.istio.io/v1", "networking.istio.io/v1beta1",
                        "networking.istio.io/v1alpha3")

@@ -10,7 +10,7 @@ import pytest
 
 from controlplane.mesh import Mesh, load_mesh
 from controlplane.mesh.model import MESH_GATEWAY, Endpoint
-from envoy_mixer.errors import ConfigError, ConfigErrors
+from envoy_mixer.common.errors import ConfigError, ConfigErrors
 
 TESTDATA = Path(__file__).parent / "testdata"
 DEMO = TESTDATA / "demo"
@@ -207,8 +207,8 @@ def test_missing_directory(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["policy.yaml", "ratelimit.yaml", "telemetry.yaml"])
 def test_demo_rules_are_the_shipped_examples(name: str) -> None:
-    """The demo's policy, rate-limit and telemetry files are mixer up's shipped examples."""
-    shipped = Path(__file__).resolve().parents[3] / "envoy_mixer" / "examples" / name
+    """The demo's policy, rate-limit and telemetry files are mixer up's examples."""
+    shipped = Path(__file__).resolve().parents[3] / "examples" / name
     assert (DEMO / name).read_text() == shipped.read_text()
 
 
@@ -257,3 +257,13 @@ def test_sidecar_and_rule_precedence(tmp_path: Path) -> None:
     names = [mesh.destination_rule_for(h) for h in ("api.example.com", "www.example.com",
                                                     "example.com", "example.org")]
     assert [r.origin.name if r else None for r in names] == ["api", "example", "all", None]
+
+
+def test_workload_labels_merge_metadata_labels(tmp_path: Path) -> None:
+    """A WorkloadEntry's metadata.labels are merged into its spec labels and win a clash."""
+    (tmp_path / "we.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n"
+        "metadata: {name: a, labels: {app: meta, team: x}}\n"
+        "spec: {address: 10.0.0.1, labels: {app: spec, version: v1}}\n")
+    [workload] = load_mesh(tmp_path).workloads
+    assert dict(workload.labels) == {"app": "meta", "team": "x", "version": "v1"}

@@ -8,8 +8,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from controlplane.mesh import Mesh, load_mesh
-from envoy_mixer.reload import Reloader
-from envoy_mixer.snapshot import Snapshot
+from envoy_mixer.common.snapshot import Snapshot
+from envoy_mixer.runtime.reload import Reloader
 
 DEMO = Path(__file__).parent / "testdata" / "demo"
 

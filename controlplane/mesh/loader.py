@@ -239,6 +239,10 @@ def load_mesh(path: Path, *, domain: str = DEFAULT_DOMAIN) -> m.Mesh:
     documents: list[m.RawDocument] = []
     for item in files.items:
         meta, kind = item.resource.metadata, item.resource.kind
+        if kind in SECURITY_KINDS:
+            # Their own loaders report duplicates (and everything else about them).
+            documents.append(_raw(item))
+            continue
         ident = (kind, item.namespace, meta.name)
         if ident in seen:
             errors.append(item.doc.error(
@@ -246,9 +250,6 @@ def load_mesh(path: Path, *, domain: str = DEFAULT_DOMAIN) -> m.Mesh:
                 f"{seen[ident]})", (*item.base, "metadata", "name")))
             continue
         seen[ident] = f"{item.doc.file}:{item.doc.line_of(item.base)}"
-        if kind in SECURITY_KINDS:
-            documents.append(_raw(item))
-            continue
         spec = builder.spec(item)
         if spec is not None:
             by_kind[kind].append((item, spec))

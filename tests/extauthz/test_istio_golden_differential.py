@@ -13,6 +13,8 @@ import importlib.util
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +23,6 @@ from typing import Any
 
 import pytest
 import yaml
-
-from envoy_mixer import procs
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 MISMATCH_FILE = Path("/tmp/differential-mismatches.txt")
@@ -67,10 +67,19 @@ def _unique_port(free_port: Callable[[], int], taken: set[int]) -> int:
     return port
 
 
-def _wait_loaded(proc: procs.ManagedProcess, admin: int, deadline: float) -> str | None:
+def _healthy(admin: int) -> bool:
+    """The service's admin /healthz answers 200 (it has loaded its policies)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait_loaded(proc: Any, admin: int, deadline: float) -> str | None:
     """None once the service is ready; the load error if it logs one and stays unready."""
     while time.monotonic() < deadline:
-        if procs.http_ok(f"http://127.0.0.1:{admin}/healthz"):
+        if _healthy(admin):
             return None
         tail = proc.log_tail(50)
         if "config_load_error" in tail or not proc.running:

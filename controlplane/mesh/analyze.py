@@ -136,22 +136,25 @@ def _gateway_refs(mesh: Mesh) -> Iterator[Finding]:
 
 
 def _conflicting_hosts(mesh: Mesh) -> Iterator[Finding]:
-    """IST0109: two VirtualServices define the same host on the same gateway."""
-    owners: dict[tuple[str, str], list[VirtualService]] = defaultdict(list)
+    """IST0109: two VirtualServices for the same host on the mesh gateway (the sidecars).
+
+    Only the mesh gateway: VirtualServices bound to a Gateway with the same host are merged
+    (Istio supports splitting a gateway's routes across resources), the sidecars' are not.
+    """
+    owners: dict[str, list[VirtualService]] = defaultdict(list)
     for vs in mesh.virtual_services:
-        for gateway in vs.gateways:
+        if MESH_GATEWAY in vs.gateways:
             for host in dict.fromkeys(vs.hosts):
-                owners[(gateway, host)].append(vs)
-    for (gateway, host), services in owners.items():
+                owners[host].append(vs)
+    for host, services in owners.items():
         if len(services) < 2:
             continue
         names = ", ".join(v.origin.key for v in services)
-        where = "the mesh gateway" if gateway == MESH_GATEWAY else f"gateway {gateway}"
         for vs in services:
             yield Finding(
                 "Error", "IST0109", "ConflictingMeshGatewayVirtualServiceHosts",
-                f'The VirtualServices {names} define the same host "{host}" on {where}: '
-                "which one applies is undefined; merge them into one VirtualService",
+                f'The VirtualServices {names} define the same host "{host}" on the mesh '
+                "gateway: which one applies is undefined; merge them into one VirtualService",
                 vs.origin)
 
 

@@ -48,3 +48,16 @@ def test_has_errors_only_counts_errors() -> None:
         "level": "Error", "code": "IST0101", "name": "ReferencedResourceNotFound",
         "message": "m", "kind": "Sidecar", "namespace": "default", "resource": "a",
         "file": "a.yaml", "line": 3}
+
+
+def test_gateway_virtual_services_for_one_host_merge(tmp_path: Path) -> None:
+    """Two VirtualServices for one host on a Gateway are merged, not a conflict (Istio)."""
+    demo = (TESTDATA / "demo" / "virtualservices.yaml").read_text()
+    for name in ("services", "workloads", "gateways"):
+        (tmp_path / f"{name}.yaml").write_text((TESTDATA / "demo" / f"{name}.yaml").read_text())
+    (tmp_path / "virtualservices.yaml").write_text(
+        demo + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+        "metadata: {name: frontend-api, namespace: default}\n"
+        "spec:\n  hosts: ['*']\n  gateways: [istio-system/ingressgateway]\n"
+        "  http: [{match: [{uri: {prefix: /api}}], route: [{destination: {host: frontend}}]}]\n")
+    assert [f.code for f in analyze(load_mesh(tmp_path))] == []

@@ -53,7 +53,7 @@ def test_has_errors_only_counts_errors() -> None:
 def test_gateway_virtual_services_for_one_host_merge(tmp_path: Path) -> None:
     """Two VirtualServices for one host on a Gateway are merged, not a conflict (Istio)."""
     demo = (TESTDATA / "demo" / "virtualservices.yaml").read_text()
-    for name in ("services", "workloads", "gateways"):
+    for name in ("services", "workloads", "gateways", "destinationrules"):
         (tmp_path / f"{name}.yaml").write_text((TESTDATA / "demo" / f"{name}.yaml").read_text())
     (tmp_path / "virtualservices.yaml").write_text(
         demo + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n"

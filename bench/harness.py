@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.client import write_payloads
-from envoy_mixer import procs
+from envoy_mixer.dev import procs
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -28,7 +28,7 @@ from bench.harness import (
     runtime_trivial_target,
     trivial_target,
 )
-from envoy_mixer import procs
+from envoy_mixer.dev import procs
 
 METHOD = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
 
@@ -71,7 +71,7 @@ def in_process_costs(config_dir: Path, seconds: float = 1.0) -> list[list[object
     """
     from prometheus_client import CollectorRegistry
 
-    from envoy_mixer.snapshot import Snapshot
+    from envoy_mixer.common.snapshot import Snapshot
     from ratelimit.backends import MemoryBackend
     from ratelimit.config import load_config
     from ratelimit.limiter import Limiter

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.client import read_payloads, write_payloads
 from bench.harness import cpu_seconds, median, print_table
-from envoy_mixer import procs
+from envoy_mixer.dev import procs
 
 ENTRIES_PER_BATCH = 50
 
@@ -96,7 +96,7 @@ def in_process(seconds: float = 2.0) -> list[list[object]]:
     from envoy.service.accesslog.v3 import als_pb2
     from prometheus_client import CollectorRegistry
 
-    from envoy_mixer.snapshot import Snapshot
+    from envoy_mixer.common.snapshot import Snapshot
     from telemetry.config import default_config
     from telemetry.pipeline import Pipeline
     from telemetry.server import AccessLogServicer, http_entry, identifier_node

@@ -73,8 +73,8 @@ def serve_on_runtime(api: str, listen: str, admin: str) -> int:
     """
     from prometheus_client import CollectorRegistry
 
-    from envoy_mixer.service import Service, run
-    from envoy_mixer.settings import ServerSettings
+    from envoy_mixer.runtime.service import Service, run
+    from envoy_mixer.runtime.settings import ServerSettings
 
     def build() -> Service:
         return Service(name=f"trivial-{api}", grpc_services=[], registry=CollectorRegistry(),

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from envoy_mixer.reload import Reloader
-from envoy_mixer.service import Service
-from envoy_mixer.snapshot import Snapshot
+from envoy_mixer.common.snapshot import Snapshot
+from envoy_mixer.runtime.reload import Reloader
+from envoy_mixer.runtime.service import Service
 from extauthz.jwt import Authenticator, JwksCache
 from extauthz.metrics import AuthzMetrics
 from extauthz.policy import PolicySet, load_policies
@@ -29,7 +29,7 @@ def build_service(
     reload_interval: float = 0.5,
     trust_domains: TrustDomains | None = None,
 ) -> Service:
-    """Everything ``envoy_mixer.service.run``/``start`` needs to serve ext_authz."""
+    """Everything ``envoy_mixer.runtime.service.run``/``start`` needs to serve ext_authz."""
     registry = registry or CollectorRegistry()
     metrics = AuthzMetrics(registry)
     snapshot: Snapshot[PolicySet] = Snapshot()

@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from envoy_mixer.errors import ConfigError
-from envoy_mixer.yamlsrc import load_file, pydantic_errors
+from envoy_mixer.common.errors import ConfigError
+from envoy_mixer.common.yamlsrc import load_file, pydantic_errors
 from extauthz.request import AuthzRequest
 
 

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from envoy_mixer.errors import ConfigError
-from envoy_mixer.settings import add_server_arguments, env_default
+from envoy_mixer.common.errors import ConfigError
+from envoy_mixer.runtime.settings import add_server_arguments, env_default
 
 SERVICE = "authz"
 DEFAULT_LISTEN = "127.0.0.1:9191"
@@ -136,9 +136,9 @@ def serve_command(args: argparse.Namespace) -> int:
     if not args.policy:
         print("mixer authz: --policy PATH is required to serve", file=sys.stderr)
         return 2
-    from envoy_mixer.logs import configure_logging
-    from envoy_mixer.service import run
-    from envoy_mixer.settings import ServerSettings
+    from envoy_mixer.common.logs import configure_logging
+    from envoy_mixer.runtime.service import run
+    from envoy_mixer.runtime.settings import ServerSettings
     from extauthz.app import build_service
 
     settings = ServerSettings.from_args(SERVICE, args)

@@ -2,7 +2,7 @@
 
 Class tree::
 
-    MixerError                      (envoy_mixer.errors)
+    MixerError                      (envoy_mixer.common.errors)
     ├── ConfigError                 a policy file is invalid (file, line, field)
     └── AuthzError                  base of this package's runtime errors
         └── JwksError               a JWKS could not be fetched or parsed
@@ -10,7 +10,7 @@ Class tree::
 
 from __future__ import annotations
 
-from envoy_mixer.errors import ConfigError, MixerError
+from envoy_mixer.common.errors import ConfigError, MixerError
 
 __all__ = ["AuthzError", "ConfigError", "JwksError"]
 

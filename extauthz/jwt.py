@@ -35,7 +35,7 @@ from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from envoy_mixer.logs import log_event
+from envoy_mixer.common.logs import log_event
 from extauthz.errors import JwksError
 from extauthz.matchers import AuthIdentity
 from extauthz.request import AuthzRequest

@@ -2,7 +2,7 @@
 
 Three stages, each with errors that name file, line and field:
 
-1. YAML documents (``envoy_mixer.yamlsrc``) -> pydantic models mirroring Istio's CRDs
+1. YAML documents (``envoy_mixer.common.yamlsrc``) -> pydantic models mirroring Istio's CRDs
    (``security.istio.io/v1`` and ``v1beta1``; unknown keys rejected, Kubernetes metadata noise
    such as ``uid`` or ``managedFields`` tolerated, ``kind: List`` unwrapped).
 2. Models -> ``Policy`` / ``CompiledRule`` trees of precompiled matchers (sets, prefix/suffix
@@ -33,9 +33,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from envoy_mixer.errors import ConfigError, ConfigErrors
-from envoy_mixer.logs import log_event
-from envoy_mixer.yamlsrc import SourceDoc, config_files, load_file, pydantic_errors
+from envoy_mixer.common.errors import ConfigError, ConfigErrors
+from envoy_mixer.common.logs import log_event
+from envoy_mixer.common.yamlsrc import SourceDoc, config_files, load_file, pydantic_errors
 from extauthz.errors import JwksError
 from extauthz.jwt import DEFAULT_SPACE_DELIMITED, JwtRule, TokenLocation, parse_jwks
 from extauthz.matchers import (
@@ -1499,7 +1499,7 @@ def load_policies(
 
 def load_text(text: str, file: str = "policy.yaml", **kwargs: Any) -> PolicySet:
     """Compile policies from YAML text (tests, ``explain`` with inline policies)."""
-    from envoy_mixer.yamlsrc import load_documents
+    from envoy_mixer.common.yamlsrc import load_documents
 
     return compile_documents(load_documents(text, file), **kwargs)
 

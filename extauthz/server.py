@@ -22,8 +22,8 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 
-from envoy_mixer.logs import log_event
-from envoy_mixer.snapshot import NotLoadedError, Snapshot
+from envoy_mixer.common.logs import log_event
+from envoy_mixer.common.snapshot import NotLoadedError, Snapshot
 from extauthz.engine import Decision, decide
 from extauthz.jwt import NO_TOKEN, Authenticator
 from extauthz.metrics import AuthzMetrics

@@ -11,10 +11,10 @@ import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from envoy_mixer.errors import ConfigError
-from envoy_mixer.reload import Reloader
-from envoy_mixer.service import Service
-from envoy_mixer.snapshot import Snapshot
+from envoy_mixer.common.errors import ConfigError
+from envoy_mixer.common.snapshot import Snapshot
+from envoy_mixer.runtime.reload import Reloader
+from envoy_mixer.runtime.service import Service
 from ratelimit.backends import Backend, create_backend
 from ratelimit.config import DescriptorNode, RateLimitConfig, load_config
 from ratelimit.limiter import Limiter, LimiterSettings
@@ -59,7 +59,7 @@ class RateLimitApp:
 
 
 def build(settings: RateLimitSettings, registry: CollectorRegistry | None = None) -> RateLimitApp:
-    """Build the service (nothing starts until ``envoy_mixer.service.start``/``run``)."""
+    """Build the service (nothing starts until ``envoy_mixer.runtime.service.start``/``run``)."""
     registry = registry or CollectorRegistry()
     metrics = RateLimitMetrics(registry)
     snapshot: Snapshot[RateLimitConfig] = Snapshot()

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from envoy_mixer.logs import configure_logging
-from envoy_mixer.settings import ServerSettings, add_server_arguments
+from envoy_mixer.common.logs import configure_logging
+from envoy_mixer.runtime.settings import ServerSettings, add_server_arguments
 
 SERVICE = "ratelimit"
 DEFAULT_LISTEN = "127.0.0.1:8081"
@@ -288,7 +288,7 @@ class _BadSetting(Exception):
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the service until SIGTERM/SIGINT; returns the exit code."""
-    from envoy_mixer.service import Service, run
+    from envoy_mixer.runtime.service import Service, run
     from ratelimit.app import build
 
     configure_logging(args.log_level)

@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from envoy_mixer.errors import ConfigError
-from envoy_mixer.yamlsrc import SourceDoc, config_files, load_documents
+from envoy_mixer.common.errors import ConfigError
+from envoy_mixer.common.yamlsrc import SourceDoc, config_files, load_documents
 
 __all__ = [
     "UNIT_SECONDS",

@@ -2,8 +2,8 @@
 
 Class tree::
 
-    MixerError                       (envoy_mixer.errors)
-    ├── ConfigError                  a limits file is invalid (envoy_mixer.errors, reused as is)
+    MixerError                       (envoy_mixer.common.errors)
+    ├── ConfigError                  a limits file is invalid (from envoy_mixer.common.errors)
     └── RateLimitError               base of this package's runtime errors
         ├── InvalidRequestError      the request cannot be evaluated (empty domain, no descriptors)
         └── BackendError             the counter store failed or timed out (Redis down)
@@ -14,7 +14,7 @@ BackendError -> UNAVAILABLE.
 
 from __future__ import annotations
 
-from envoy_mixer.errors import ConfigError, MixerError
+from envoy_mixer.common.errors import ConfigError, MixerError
 
 __all__ = ["BackendError", "ConfigError", "InvalidRequestError", "RateLimitError"]
 

@@ -19,8 +19,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
-from envoy_mixer.logs import log_event
-from envoy_mixer.snapshot import NotLoadedError, Snapshot
+from envoy_mixer.common.logs import log_event
+from envoy_mixer.common.snapshot import NotLoadedError, Snapshot
 from ratelimit.config import UNIT_SECONDS, Limit, RateLimitConfig
 from ratelimit.errors import BackendError, InvalidRequestError
 from ratelimit.limiter import Code, Decision, Descriptor, Limiter, Request

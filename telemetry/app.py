@@ -10,9 +10,9 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from envoy_mixer.reload import Reloader
-from envoy_mixer.service import Service
-from envoy_mixer.snapshot import Snapshot
+from envoy_mixer.common.snapshot import Snapshot
+from envoy_mixer.runtime.reload import Reloader
+from envoy_mixer.runtime.service import Service
 from telemetry.config import TelemetryConfig, default_config, load_config
 from telemetry.exposition import render
 from telemetry.pipeline import Pipeline

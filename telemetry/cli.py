@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from envoy_mixer.logs import configure_logging
-from envoy_mixer.service import run
-from envoy_mixer.settings import ServerSettings, add_server_arguments, env_default
+from envoy_mixer.common.logs import configure_logging
+from envoy_mixer.runtime.service import run
+from envoy_mixer.runtime.settings import ServerSettings, add_server_arguments, env_default
 
 DEFAULT_LISTEN = "127.0.0.1:9401"
 DEFAULT_ADMIN = "127.0.0.1:9402"

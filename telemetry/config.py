@@ -27,7 +27,7 @@ Shape (every key optional; ``load_config(None)`` gives the defaults)::
       max_stream_age_seconds: 300       # end ALS streams so Envoy reconnects (rebalancing)
       queue_max_batches: 4096           # backlog bound; beyond it batches are dropped and counted
 
-Errors name the file, the line and the field (``envoy_mixer.yamlsrc``).
+Errors name the file, the line and the field (``envoy_mixer.common.yamlsrc``).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from envoy_mixer.errors import ConfigError, ConfigErrors
-from envoy_mixer.yamlsrc import SourceDoc, iter_documents, pydantic_errors
+from envoy_mixer.common.errors import ConfigError, ConfigErrors
+from envoy_mixer.common.yamlsrc import SourceDoc, iter_documents, pydantic_errors
 from telemetry.labels import HTTP_LABELS, ISTIO_LABELS, MESSAGE_LABELS, TCP_LABELS
 
 #: Envoy's default histogram bounds, used by Istio for milliseconds and bytes alike.

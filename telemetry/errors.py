@@ -2,7 +2,7 @@
 
 Class tree::
 
-    MixerError                      (envoy_mixer.errors)
+    MixerError                      (envoy_mixer.common.errors)
     ├── ConfigError                 a telemetry config file is invalid (file, line, field)
     └── TelemetryError              base of this package's runtime errors
         └── MalformedEntryError     an access-log entry cannot be mapped to metrics
@@ -13,7 +13,7 @@ as dropped and keeps the stream open, because ALS is fire-and-forget and Envoy i
 
 from __future__ import annotations
 
-from envoy_mixer.errors import ConfigError, MixerError
+from envoy_mixer.common.errors import ConfigError, MixerError
 
 __all__ = ["ConfigError", "MalformedEntryError", "TelemetryError"]
 

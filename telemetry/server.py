@@ -26,8 +26,8 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf import json_format, struct_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from envoy_mixer.logs import log_event
-from envoy_mixer.snapshot import Snapshot
+from envoy_mixer.common.logs import log_event
+from envoy_mixer.common.snapshot import Snapshot
 from telemetry.config import TelemetryConfig
 from telemetry.entries import HttpEntry, TcpEntry, TcpEvent, TlsInfo
 from telemetry.identity import (

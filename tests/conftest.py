@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from envoy_mixer import procs
+from envoy_mixer.dev import procs
 
 REPO = Path(__file__).resolve().parent.parent
 

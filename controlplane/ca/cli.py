@@ -32,7 +32,7 @@ from controlplane.ca.files import write_bundle
 from controlplane.ca.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
 from controlplane.ca.rotate import DEFAULT_GRACE_RATIO, Rotator
 from controlplane.ca.store import init_ca, load_ca
-from envoy_mixer.logs import configure_logging
+from envoy_mixer.common.logs import configure_logging
 
 __all__ = ["register"]
 

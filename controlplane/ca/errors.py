@@ -2,7 +2,7 @@
 
 Class tree::
 
-    MixerError                  (envoy_mixer.errors)
+    MixerError                  (envoy_mixer.common.errors)
     └── CAError                 base of every CA failure
         ├── InvalidIdentity     a trust domain, namespace or service account is not valid
         ├── InvalidDuration     a TTL such as "24h" cannot be parsed or is out of range
@@ -12,7 +12,7 @@ Class tree::
 
 from __future__ import annotations
 
-from envoy_mixer.errors import MixerError
+from envoy_mixer.common.errors import MixerError
 
 __all__ = ["CAError", "CANotInitialized", "InvalidCA", "InvalidDuration", "InvalidIdentity"]
 

@@ -27,7 +27,7 @@ from controlplane.ca.authority import DEFAULT_WORKLOAD_TTL, CertificateAuthority
 from controlplane.ca.errors import CAError
 from controlplane.ca.files import ROOT_CERT, read_leaf, write_bundle
 from controlplane.ca.identity import SpiffeId
-from envoy_mixer.logs import log_event
+from envoy_mixer.common.logs import log_event
 
 __all__ = [
     "DEFAULT_GRACE_RATIO",

@@ -22,7 +22,7 @@ from controlplane.envoy.render import message_to_data, to_yaml, yaml_text
 from controlplane.envoy.roles import egress_gateway, ingress_gateway, sidecar
 from controlplane.envoy.shipped import write_shipped
 from controlplane.envoy.snippets import snippets
-from envoy_mixer.errors import ConfigError
+from envoy_mixer.common.errors import ConfigError
 
 _REPO = Path(__file__).resolve().parents[2]
 

@@ -34,7 +34,7 @@ from typing import TypeAlias
 
 from envoy.config.route.v3.route_components_pb2 import HeaderMatcher, RateLimit
 
-from envoy_mixer.errors import ConfigError
+from envoy_mixer.common.errors import ConfigError
 
 DescriptorPath = tuple[tuple[str, str | None], ...]
 Action: TypeAlias = RateLimit.Action

@@ -71,12 +71,10 @@ def _labels(selector: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
 
 
-def _no_workloads(origin: Origin, selector: Mapping[str, str], line: int | None = None,
-                  what: str = "") -> Finding:
-    prefix = f"{what}: " if what else ""
+def _no_workloads(origin: Origin, selector: Mapping[str, str]) -> Finding:
     return Finding("Warning", "IST0127", "NoMatchingWorkloadsFound",
-                   f"{prefix}No matching workloads for this resource with the following "
-                   f"labels: {_labels(selector)}", origin, line)
+                   "No matching workloads for this resource with the following labels: "
+                   f"{_labels(selector)}", origin)
 
 
 # --------------------------------------------------------------------------- VirtualService
@@ -225,23 +223,27 @@ def _unreachable_rules(mesh: Mesh) -> Iterator[Finding]:
 
 
 def _empty_subsets(mesh: Mesh) -> Iterator[Finding]:
-    """IST0127: a subset whose labels select none of the service's endpoints."""
+    """IST0173: a subset whose labels select none of the service's endpoints."""
     for rule in mesh.destination_rules:
         if not _service_known(mesh, rule.host):
-            continue
+            continue  # IST0174 covers the rule as a whole
         for subset in rule.subsets:
             if not subset.endpoints:
-                yield _no_workloads(rule.origin, subset.labels, subset.line,
-                                    f'Subset "{subset.name}" of "{rule.host}"')
+                yield Finding(
+                    "Error", "IST0173", "DestinationRuleSubsetNotSelectPods",
+                    f'The Subset {subset.name} defined in the DestinationRule selects no '
+                    f'endpoint of "{rule.host}" (labels {_labels(subset.labels)}): requests '
+                    "routed to it fail with 503 UH (no healthy upstream)",
+                    rule.origin, subset.line)
 
 
 def _rule_hosts(mesh: Mesh) -> Iterator[Finding]:
-    """MIX0002: a DestinationRule for a host no ServiceEntry defines applies to nothing."""
+    """IST0174: a DestinationRule for a host no ServiceEntry defines applies to nothing."""
     for rule in mesh.destination_rules:
         if not rule.host.startswith("*") and not _service_known(mesh, rule.host):
-            yield Finding("Warning", "MIX0002", "DestinationRuleHostNotFound",
-                          f'DestinationRule host "{rule.host}" matches no ServiceEntry host',
-                          rule.origin)
+            yield Finding("Warning", "IST0174", "UnknownDestinationRuleHost",
+                          f"The host {rule.host} defined in the DestinationRule does not match "
+                          "any services in the mesh", rule.origin)
 
 
 def _unverified_tls(mesh: Mesh) -> Iterator[Finding]:
@@ -265,12 +267,13 @@ def _unverified_tls(mesh: Mesh) -> Iterator[Finding]:
 
 
 def _selectors(mesh: Mesh) -> Iterator[Finding]:
-    """IST0127 for a Sidecar, policy or ServiceEntry whose selector matches no workload;
-    IST0101 for a Gateway whose selector matches none (Istio's split)."""
+    """IST0101 for a Sidecar or Gateway whose selector matches no workload, IST0127 for a
+    policy or ServiceEntry (Istio's split of levels)."""
     for sidecar in mesh.sidecars:
         if sidecar.selector and not mesh.workloads_matching(sidecar.origin.namespace,
                                                             sidecar.selector):
-            yield _no_workloads(sidecar.origin, sidecar.selector)
+            yield _not_found(sidecar.origin, "selector", _labels(sidecar.selector),
+                             sidecar.origin.line)
     for doc in mesh.documents:
         if not doc.selector:
             continue

@@ -117,6 +117,8 @@ class Builder:
     def __init__(self, domain: str) -> None:
         self.domain = domain
         self.errors: list[ConfigError] = []
+        #: Which ServiceEntry defined each host so far.
+        self.hosts: dict[str, m.Origin] = {}
 
     def spec(self, item: Item) -> BaseModel | None:
         schema = NETWORKING_KINDS[item.resource.kind]
@@ -177,6 +179,15 @@ class Builder:
             self.errors.append(item.error("set only one of endpoints and workloadSelector",
                                           "workloadSelector", at_key=True))
         for i, host in enumerate(spec.hosts):
+            if host in self.hosts:
+                # Istio merges ServiceEntries sharing a host; here a host has one definition,
+                # so what a proxy is told about it never depends on how files would merge.
+                other = self.hosts[host]
+                self.errors.append(item.error(
+                    f"host '{host}' is already defined by ServiceEntry {other.key} "
+                    f"({other.file}:{other.line}): a host has one ServiceEntry", "hosts", i))
+                continue
+            self.hosts[host] = item.origin
             if host == "*" or not host:
                 self.errors.append(item.error(f"invalid host '{host}' (a ServiceEntry host "
                                               "must be a name or *.suffix)", "hosts", i))

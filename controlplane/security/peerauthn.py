@@ -1,6 +1,6 @@
 """Istio ``PeerAuthentication`` (``security.istio.io/v1`` and ``v1beta1``), read from YAML.
 
-Three steps, each error naming file, line and field (``envoy_mixer.yamlsrc``):
+Three steps, each error naming file, line and field (``envoy_mixer.common.yamlsrc``):
 
 1. documents -> pydantic models of Istio's CRD (camelCase keys, unknown keys rejected, Kubernetes
    metadata noise such as ``uid`` tolerated, ``kind: List`` unwrapped, other kinds skipped so
@@ -25,9 +25,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from envoy_mixer.errors import ConfigError, ConfigErrors
-from envoy_mixer.logs import log_event
-from envoy_mixer.yamlsrc import (
+from envoy_mixer.common.errors import ConfigError, ConfigErrors
+from envoy_mixer.common.logs import log_event
+from envoy_mixer.common.yamlsrc import (
     SourceDoc,
     config_files,
     load_documents,

@@ -381,7 +381,7 @@ def test_experimental_envoy_filter_metadata(h: Any, cond: str, expected: str) ->
 
 def test_experimental_key_needs_a_bracketed_name(h: Any) -> None:
     """A key without "[name]" is Istio's "bad key" error."""
-    from envoy_mixer.errors import ConfigError
+    from envoy_mixer.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"bad key \(experimental.envoy.filters.a\[\]\)"):
         h.policies(policy('{when: [{key: "experimental.envoy.filters.a[]", values: ["x"]}]}'))

@@ -14,9 +14,9 @@ import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from envoy_mixer import procs
-from envoy_mixer.service import RunningService, start
-from envoy_mixer.settings import ServerSettings
+from envoy_mixer.dev import procs
+from envoy_mixer.runtime.service import RunningService, start
+from envoy_mixer.runtime.settings import ServerSettings
 from extauthz.app import build_service
 
 REPO = Path(__file__).resolve().parents[2]

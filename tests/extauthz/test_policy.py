@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from envoy_mixer.errors import ConfigError, ConfigErrors
+from envoy_mixer.common.errors import ConfigError, ConfigErrors
 from extauthz.policy import load_policies
 
 ERRORS = Path(__file__).parent / "testdata" / "errors"

@@ -14,8 +14,8 @@ import pytest
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from envoy_mixer.service import RunningService, start
-from envoy_mixer.settings import ServerSettings
+from envoy_mixer.runtime.service import RunningService, start
+from envoy_mixer.runtime.settings import ServerSettings
 from extauthz.app import build_service
 
 POLICY = """

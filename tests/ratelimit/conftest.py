@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from envoy_mixer import procs
+from envoy_mixer.dev import procs
 from ratelimit.backends import Backend, MemoryBackend
 from ratelimit.config import RateLimitConfig, load_config, load_texts
 from ratelimit.limiter import Descriptor, Request

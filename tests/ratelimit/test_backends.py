@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from envoy_mixer import procs
+from envoy_mixer.dev import procs
 from ratelimit.backends import Backend, CounterOp
 from ratelimit.backends.redis import RedisBackend
 from ratelimit.config import load_texts

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from envoy_mixer.errors import ConfigError
+from envoy_mixer.common.errors import ConfigError
 from ratelimit.config import Algorithm, RateLimitConfig, load_config
 
 # (request entries, expected (requests_per_unit, unit, name) or None, expected stats key)

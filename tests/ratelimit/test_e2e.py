@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import yaml
 
-from envoy_mixer import procs
+from envoy_mixer.dev import procs
 
 REPO = Path(__file__).resolve().parents[2]
 ENVOY_CONFIG = REPO / "envoy-configs" / "ratelimit.yaml"

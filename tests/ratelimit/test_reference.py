@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from envoy_mixer.errors import ConfigError
+from envoy_mixer.common.errors import ConfigError
 from ratelimit.backends import CounterOp, MemoryBackend
 from ratelimit.config import Limit, RateLimitConfig, load_config, load_texts
 from ratelimit.limiter import MAX_REMAINING, Code, Descriptor, Limiter, LimiterSettings, Request

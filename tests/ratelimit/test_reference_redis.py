@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from envoy_mixer import procs
+from envoy_mixer.dev import procs
 from ratelimit.backends import create_backend
 from ratelimit.backends.persecond import PerSecondSplit
 from ratelimit.backends.redis import RedisBackend

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from envoy_mixer import procs
+from envoy_mixer.dev import procs
 from ratelimit.backends import CounterOp
 from ratelimit.backends.redis import RedisBackend
 from ratelimit.backends.resp import (

@@ -16,9 +16,9 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from envoy.type.v3 import ratelimit_unit_pb2
 from google.protobuf import wrappers_pb2
 
-from envoy_mixer import procs
-from envoy_mixer.service import RunningService, start
-from envoy_mixer.settings import ServerSettings
+from envoy_mixer.dev import procs
+from envoy_mixer.runtime.service import RunningService, start
+from envoy_mixer.runtime.settings import ServerSettings
 from ratelimit.app import RateLimitApp, RateLimitSettings, build
 from ratelimit.limiter import LimiterSettings
 

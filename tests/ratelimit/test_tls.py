@@ -23,9 +23,9 @@ from cryptography.x509.oid import NameOID
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
-from envoy_mixer import procs
-from envoy_mixer.service import start
-from envoy_mixer.settings import ServerSettings
+from envoy_mixer.dev import procs
+from envoy_mixer.runtime.service import start
+from envoy_mixer.runtime.settings import ServerSettings
 from ratelimit.app import RateLimitSettings, build
 from ratelimit.backends import CounterOp
 from ratelimit.backends.redis import RedisBackend

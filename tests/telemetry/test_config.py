@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from envoy_mixer.errors import ConfigError
+from envoy_mixer.common.errors import ConfigError
 from telemetry.config import ENVOY_DEFAULT_BUCKETS, LabelSource, MetricKind, load_config
 
 CONFIGS = Path(__file__).parent / "configs"

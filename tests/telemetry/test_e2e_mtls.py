@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
-from envoy_mixer import procs
-from envoy_mixer.service import start
-from envoy_mixer.settings import ServerSettings
+from envoy_mixer.dev import procs
+from envoy_mixer.runtime.service import start
+from envoy_mixer.runtime.settings import ServerSettings
 from telemetry.app import build
 from telemetry.identity import encode_peer_header
 

@@ -7,7 +7,7 @@ import json
 
 from envoy.data.accesslog.v3 import accesslog_pb2
 
-from envoy_mixer.envoyconfig.model import (
+from controlplane.envoy.model import (
     PEER_METADATA_HEADER,
     PEER_METADATA_ID_HEADER,
     PEER_STASH_NAMESPACE,

@@ -14,8 +14,8 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf import json_format, struct_pb2
 from prometheus_client import generate_latest
 
-from envoy_mixer.service import RunningService, start
-from envoy_mixer.settings import ServerSettings
+from envoy_mixer.runtime.service import RunningService, start
+from envoy_mixer.runtime.settings import ServerSettings
 from telemetry.app import Telemetry, build
 from telemetry.entries import TcpEvent
 from telemetry.identity import UNKNOWN_NODE

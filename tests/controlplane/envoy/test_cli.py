@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from envoy_mixer import cli, procs
+from envoy_mixer import cli
+from envoy_mixer.dev import procs
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE_LIMITS = REPO / "examples" / "ratelimit.yaml"

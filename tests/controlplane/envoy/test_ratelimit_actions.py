@@ -15,7 +15,7 @@ from controlplane.envoy.ratelimit_actions import (
     rate_limits_block,
     sample_request,
 )
-from envoy_mixer.errors import ConfigError
+from envoy_mixer.common.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE_LIMITS = REPO / "examples" / "ratelimit.yaml"

@@ -23,7 +23,7 @@ from controlplane.envoy.roles import (
     sidecar,
     sidecar_resources,
 )
-from envoy_mixer import procs
+from envoy_mixer.dev import procs
 
 SERVICES = MixerServices()
 BACKEND_UP = Upstream("backend", Endpoint("127.0.0.1", 8101))
@@ -145,7 +145,7 @@ def test_egress_gateway_reaches_only_hosts_a_policy_allows(
     import http.server
     import threading
 
-    from envoy_mixer.up import http_get
+    from envoy_mixer.dev.up import http_get
 
     class Ok(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:

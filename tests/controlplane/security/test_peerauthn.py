@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.security import effective_mtls, load_peer_authentications, load_text
-from envoy_mixer.errors import ConfigError
+from envoy_mixer.common.errors import ConfigError
 
 DATA = Path(__file__).parent / "testdata"
 

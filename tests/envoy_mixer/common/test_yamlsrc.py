@@ -1,0 +1,110 @@
+"""YAML loading with line numbers and precise config errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from envoy_mixer.common.errors import ConfigError, ConfigErrors
+from envoy_mixer.common.yamlsrc import (
+    config_files,
+    field_name,
+    load_documents,
+    load_file,
+    pydantic_errors,
+)
+
+
+def test_lines_are_recorded_for_nested_paths() -> None:
+    """Every mapping value and list item knows the line it came from."""
+    doc = load_documents("a:\n  b:\n    - x: 1\n      y: foo\n", "f.yaml")[0]
+    assert doc.data == {"a": {"b": [{"x": 1, "y": "foo"}]}}
+    assert doc.line_of(("a", "b", 0, "y")) == 4
+    assert doc.line_of(("a", "b", 0, "missing")) == 3  # falls back to the nearest ancestor
+
+
+def test_error_text_names_file_line_and_field() -> None:
+    """ConfigError text starts with the file name, then says line and field."""
+    doc = load_documents("a:\n  b: 1\n", "limits.yaml")[0]
+    err = doc.error("bad value", ("a", "b"))
+    assert str(err) == "limits.yaml: bad value (line 2, field a.b)"
+    assert err.to_dict() == {"file": "limits.yaml", "line": 2, "field": "a.b",
+                             "message": "bad value"}
+
+
+def test_unknown_key_error_points_at_the_key_line() -> None:
+    """A key whose value is a block is reported on the key's own line."""
+    doc = load_documents("a:\n  extra:\n    - 1\n", "k.yaml")[0]
+    assert doc.line_of(("a", "extra")) == 3
+    assert doc.key_line_of(("a", "extra")) == 2
+    assert str(doc.error("unknown key 'extra'", ("a", "extra"), at_key=True)) == (
+        "k.yaml: unknown key 'extra' (line 2, field a.extra)"
+    )
+
+
+def test_field_name_renders_indexes() -> None:
+    """Paths render the way users write them."""
+    assert field_name(("spec", "rules", 0, "from", 1)) == "spec.rules[0].from[1]"
+
+
+def test_syntax_error_has_line() -> None:
+    """Broken YAML is a ConfigError naming the line."""
+    with pytest.raises(ConfigError) as info:
+        load_documents("a: [1, 2\nb: 3\n", "x.yaml")
+    assert info.value.file == "x.yaml"
+    assert info.value.line == 2
+    assert str(info.value).startswith("x.yaml: invalid YAML")
+
+
+def test_duplicate_keys_are_rejected() -> None:
+    """A key given twice is an error rather than a silent override."""
+    with pytest.raises(ConfigError, match=r"duplicate key 'a' \(line 2, field a\)"):
+        load_documents("a: 1\na: 2\n", "d.yaml")
+
+
+def test_multiple_documents_skip_empty_ones() -> None:
+    """Several documents load in order; empty ones are ignored."""
+    docs = load_documents("---\na: 1\n---\n---\nb: 2\n", "m.yaml")
+    assert [d.data for d in docs] == [{"a": 1}, {"b": 2}]
+
+
+def test_directory_lists_yaml_files_in_order(tmp_path: Path) -> None:
+    """A directory PATH means its visible *.yaml/*.yml files, sorted by name."""
+    for name in ("b.yaml", "a.yml", ".hidden.yaml", "notes.txt"):
+        (tmp_path / name).write_text("a: 1\n")
+    assert [p.name for p in config_files(tmp_path)] == ["a.yml", "b.yaml"]
+
+
+def test_missing_path_is_a_config_error(tmp_path: Path) -> None:
+    """A PATH that does not exist is reported, not a traceback."""
+    with pytest.raises(ConfigError, match="no such file or directory"):
+        config_files(tmp_path / "nope.yaml")
+
+
+def test_unreadable_encoding_is_reported(tmp_path: Path) -> None:
+    """A file that is not UTF-8 is a ConfigError naming it."""
+    bad = tmp_path / "bin.yaml"
+    bad.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match=r"bin.yaml: file is not valid UTF-8"):
+        load_file(bad)
+
+
+class _Limit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    unit: str
+    requests_per_unit: int
+
+
+def test_pydantic_errors_map_to_lines() -> None:
+    """Pydantic's error locations become file, line and field."""
+    doc = load_documents("limit:\n  unit: second\n  requests_per_unit: many\n  extra: 1\n",
+                         "l.yaml")[0]
+    with pytest.raises(ValidationError) as info:
+        _Limit.model_validate(doc.data["limit"])
+    err = pydantic_errors(doc, info.value, base=("limit",))
+    assert isinstance(err, ConfigErrors)
+    texts = [str(e) for e in err.errors]
+    assert any(t.endswith("(line 3, field limit.requests_per_unit)") for t in texts)
+    assert "l.yaml: unknown key 'extra' (line 4, field limit.extra)" in texts

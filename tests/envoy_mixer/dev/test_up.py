@@ -1,0 +1,260 @@
+"""``mixer up``: clear start-up errors, and the whole mesh end to end (real Envoys, services).
+
+The end-to-end tests share one mesh (module fixture) started exactly as a user does, as a
+``mixer up`` subprocess, and stopped with SIGTERM by the last test.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from controlplane.envoy.mesh import local_mesh, service_admin_ports
+from envoy_mixer.dev import procs
+from envoy_mixer.dev.up import UpError, find_examples, http_get, mesh_ports, start_mesh
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLES = REPO / "examples"
+
+
+def _free_base() -> int:
+    """A port base whose whole ``mixer up`` layout (base..base+45) is free right now."""
+    for _ in range(200):
+        base = random.randrange(20000, 40000, 50)
+        ports = mesh_ports(local_mesh(base), service_admin_ports(base))
+        if not any(procs.port_in_use(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range")
+
+
+def _examples(tmp: Path) -> Path:
+    """A private, editable copy of examples/ (telemetry defaults if it has none)."""
+    target = tmp / "examples"
+    target.mkdir()
+    for name in ("policy.yaml", "ratelimit.yaml", "telemetry.yaml"):
+        src = EXAMPLES / name
+        if src.exists():
+            shutil.copy(src, target / name)
+        else:
+            (target / name).write_text("{}\n")
+    return target
+
+
+def _until(check: Callable[[], bool], timeout: float, step: float = 0.1) -> float:
+    """Seconds until ``check()`` is true; fails the test after ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+# ---------------------------------------------------------------------------- start-up errors
+
+def test_missing_examples_are_a_clear_error(tmp_path: Path) -> None:
+    """Without example files, up names the files and the directory it looked in."""
+    with pytest.raises(UpError, match=r"no example files \(policy.yaml, ratelimit.yaml"):
+        find_examples(tmp_path)
+
+
+def test_port_taken_is_a_clear_error(tmp_path: Path) -> None:
+    """A busy ingress port is reported with its role before anything starts."""
+    base = _free_base()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", base))
+        busy.listen()
+        with pytest.raises(UpError, match=rf"port {base} \(ingress gateway\).*--port-base"):
+            start_mesh(examples=_examples(tmp_path), run_dir=tmp_path / "run", port_base=base)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_envoy_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Envoy binary: up says how to install it."""
+    monkeypatch.setenv("ENVOY_BIN", str(tmp_path / "no-envoy"))
+    with pytest.raises(UpError, match=r"Envoy is missing: install it with"):
+        start_mesh(examples=_examples(tmp_path), run_dir=tmp_path / "run", port_base=_free_base())
+
+
+def test_bad_example_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A broken example file stops up with the file, line and field of the problem."""
+    examples = _examples(tmp_path)
+    limits = examples / "ratelimit.yaml"
+    limits.write_text(limits.read_text().replace("unit: minute", "unit: fortnight", 1))
+    with pytest.raises(UpError) as info:
+        start_mesh(examples=examples, run_dir=tmp_path / "run", port_base=_free_base())
+    text = str(info.value)
+    assert text.startswith("bad example file:")
+    assert "ratelimit.yaml: invalid rate limit unit 'fortnight' (line" in text
+
+
+# ---------------------------------------------------------------------------- end to end
+
+@pytest.mark.slow
+def test_up_check_smoke(tmp_path: Path) -> None:
+    """`mixer up --check` brings the mesh up within 15 s, passes its three requests, exits 0."""
+    base = _free_base()
+    result = subprocess.run(
+        [sys.executable, "-m", "envoy_mixer.cli", "up", "--check", "--port-base", str(base),
+         "--examples", str(_examples(tmp_path)), "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for line in ("PASS allowed", "PASS denied", "PASS rate-limited", "curl -i http://",
+                 "/metrics", "/graph"):
+        assert line in result.stdout, line
+    healthy = float(result.stdout.split("(healthy after ")[1].split("s)")[0])
+    assert healthy < 15
+    assert not procs.port_in_use(base), "ingress still listening after --check"
+
+
+class Mesh:
+    """A running ``mixer up`` subprocess and its addresses."""
+
+    def __init__(self, proc: subprocess.Popen[str], base: int, examples: Path, out: Path):
+        self.proc, self.base, self.examples, self.out = proc, base, examples, out
+        self.url = f"http://127.0.0.1:{base}"
+        self.telemetry_admin = service_admin_ports(base)["telemetry"]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """One `mixer up` for the module; stopped with SIGTERM (the last test checks that)."""
+    tmp = tmp_path_factory.mktemp("mesh")
+    base = _free_base()
+    examples = _examples(tmp)
+    out = tmp / "up.out"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "envoy_mixer.cli", "up", "--port-base", str(base),
+             "--examples", str(examples), "--run-dir", str(tmp / "run")],
+            stdout=sink, stderr=subprocess.STDOUT, text=True, cwd=tmp,
+        )
+    running = Mesh(proc, base, examples, out)
+    try:
+        _until(lambda: "healthy after" in out.read_text() or proc.poll() is not None, 30)
+        assert proc.poll() is None, out.read_text()
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.mark.slow
+def test_policy_allows_and_denies_between_frontend_and_backend(mesh: Mesh) -> None:
+    """frontend -> backend: GET /api/* allowed; /admin/* and POST denied by backend's policies."""
+    allowed = http_get(mesh.url + "/api/hello")
+    assert allowed.status == 200
+    body = json.loads(allowed.body)
+    assert body["service"] == "frontend"
+    assert body["upstream"] == {"status": 200, "body": {
+        "service": "backend", "method": "GET", "path": "/api/hello"}}
+    # Workload identities travel between proxies only: the client never sees them.
+    assert not {h.lower() for h in allowed.headers} & {
+        "x-mixer-peer-metadata", "x-mixer-peer-metadata-id"}
+    for method_path in ("/admin/users", "/admin"):
+        denied = http_get(mesh.url + method_path)
+        assert denied.status == 403
+        # The ingress let it through; the backend's sidecar denied the frontend's call.
+        assert json.loads(denied.body)["upstream"]["status"] == 403
+    edge = http_get(mesh.url + "/not-public")
+    assert edge.status == 403 and "upstream" not in edge.body
+
+
+@pytest.mark.slow
+def test_rate_limit_at_the_ingress(mesh: Mesh) -> None:
+    """/api/limited allows 3 per minute per client at the ingress, then 429 from the RLS."""
+    statuses = [http_get(mesh.url + "/api/limited") for _ in range(4)]
+    assert [r.status for r in statuses] == [200, 200, 200, 429]
+    assert statuses[3].headers["x-envoy-ratelimited"] == "true"
+    assert statuses[0].headers["x-ratelimit-limit"].startswith("3")
+
+
+@pytest.mark.slow
+def test_metrics_from_both_reporters_and_a_graph_edge(mesh: Mesh) -> None:
+    """/metrics has istio_requests_total from source and destination; /graph has the edge."""
+    http_get(mesh.url + "/api/hello")
+    admin = f"http://127.0.0.1:{mesh.telemetry_admin}"
+
+    def both_reporters() -> bool:
+        text = http_get(admin + "/metrics").body
+        lines = [x for x in text.splitlines() if x.startswith("istio_requests_total{")
+                 and 'destination_workload="backend"' in x and 'source_workload="frontend"' in x]
+        # The ingress strips the frontend's identity from the client's response but still
+        # reports it (from the metadata it stashed it in).
+        edge = [x for x in text.splitlines() if x.startswith("istio_requests_total{")
+                and 'reporter="source"' in x and 'source_workload="istio-ingressgateway"' in x
+                and 'destination_workload="frontend"' in x]
+        return bool(edge) and any('reporter="source"' in x for x in lines) and any(
+            'reporter="destination"' in x for x in lines)
+
+    _until(both_reporters, 5)
+    graph = json.loads(http_get(admin + "/graph").body)
+    pairs = {(e["source"], e["destination"]) for e in graph["edges"]}
+    assert ("frontend.default", "backend.default") in pairs
+    assert ("istio-ingressgateway.istio-system", "frontend.default") in pairs
+
+
+@pytest.mark.slow
+def test_policy_edit_takes_effect_within_two_seconds(mesh: Mesh) -> None:
+    """Adding a DENY to examples/policy.yaml while running denies /api/hello within 2 s."""
+    assert http_get(mesh.url + "/api/hello").status == 200
+    policy = mesh.examples / "policy.yaml"
+    policy.write_text(policy.read_text() + """---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: backend-deny-hello, namespace: default}
+spec:
+  selector: {matchLabels: {app: backend}}
+  action: DENY
+  rules:
+    - to: [{operation: {paths: ["/api/hello"]}}]
+""")
+    took = _until(lambda: http_get(mesh.url + "/api/hello").status == 403, 2.0, step=0.15)
+    assert took < 2.0
+
+
+@pytest.mark.slow
+def test_new_limit_rederives_envoy_actions(mesh: Mesh) -> None:
+    """A new descriptor path in ratelimit.yaml gets Envoy actions (gateway restart) and applies."""
+    limits = mesh.examples / "ratelimit.yaml"
+    limits.write_text(limits.read_text() + """
+  - key: path_prefix
+    value: /api/new
+    rate_limit:
+      unit: minute
+      requests_per_unit: 1
+""")
+
+    def limited() -> bool:
+        try:
+            return http_get(mesh.url + "/api/new").status == 429
+        except OSError:  # the gateway is restarting
+            return False
+
+    _until(limited, 15, step=0.3)
+    assert "rate_limits actions re-derived" in mesh.out.read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_process(mesh: Mesh) -> None:
+    """SIGTERM to `mixer up` exits 0 and frees every port of the mesh."""
+    mesh.proc.send_signal(signal.SIGTERM)
+    assert mesh.proc.wait(20) == 0
+    ports = mesh_ports(local_mesh(mesh.base), service_admin_ports(mesh.base))
+    busy = [p for p in ports if procs.port_in_use(p)]
+    assert not busy, busy

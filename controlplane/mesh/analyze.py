@@ -322,7 +322,7 @@ def _sidecar_conflicts(mesh: Mesh) -> Iterator[Finding]:
 
 
 def _egress_hosts(mesh: Mesh) -> Iterator[Finding]:
-    """MIX0003: a Sidecar egress host that no ServiceEntry defines (the app cannot reach it
+    """MIX0002: a Sidecar egress host that no ServiceEntry defines (the app cannot reach it
     through that listener)."""
     for sidecar in mesh.sidecars:
         for listener in sidecar.egress:
@@ -330,7 +330,7 @@ def _egress_hosts(mesh: Mesh) -> Iterator[Finding]:
                 if h.namespace == "~" or h.host.startswith("*"):
                     continue
                 if not _service_known(mesh, h.host):
-                    yield Finding("Warning", "MIX0003", "SidecarEgressHostNotFound",
+                    yield Finding("Warning", "MIX0002", "SidecarEgressHostNotFound",
                                   f'Sidecar egress host "{h}" matches no ServiceEntry host',
                                   sidecar.origin, listener.line)
 
@@ -377,7 +377,7 @@ def _conflicting_gateways(mesh: Mesh) -> Iterator[Finding]:
 
 
 def _sidecar_ports(mesh: Mesh) -> Iterator[Finding]:
-    """MIX0004: a Sidecar ingress port that a selected WorkloadEntry does not list: peers dial
+    """MIX0003: a Sidecar ingress port that a selected WorkloadEntry does not list: peers dial
     the WorkloadEntry's port, and without traffic capture nothing else reaches the sidecar."""
     for sidecar in mesh.sidecars:
         for workload in mesh.workloads_matching(sidecar.origin.namespace, sidecar.selector):
@@ -387,7 +387,7 @@ def _sidecar_ports(mesh: Mesh) -> Iterator[Finding]:
                 if listener.port.number not in workload.ports.values():
                     ports = ", ".join(f"{k}={v}" for k, v in sorted(workload.ports.items()))
                     yield Finding(
-                        "Warning", "MIX0004", "SidecarIngressPortNotOnWorkload",
+                        "Warning", "MIX0003", "SidecarIngressPortNotOnWorkload",
                         f"Ingress port {listener.port.number} is not a port of WorkloadEntry "
                         f"{workload.key} ({ports}): peers will not reach it", sidecar.origin,
                         listener.line)

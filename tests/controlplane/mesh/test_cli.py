@@ -37,9 +37,9 @@ def test_error_finding_exits_1() -> None:
 
 def test_warnings_only_exit_0() -> None:
     """Warnings are printed but do not fail the run."""
-    code, out, _ = _run(TESTDATA / "analyze" / "sidecar_selects_nothing.yaml")
+    code, out, _ = _run(TESTDATA / "analyze" / "policy_selects_nothing.yaml")
     assert code == 0
-    assert out.startswith("Warning [IST0127] (Sidecar default/ratings ")
+    assert out.startswith("Warning [IST0127] (AuthorizationPolicy default/ratings-deny ")
 
 
 def test_json_output() -> None:

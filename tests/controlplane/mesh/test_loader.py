@@ -267,3 +267,28 @@ def test_workload_labels_merge_metadata_labels(tmp_path: Path) -> None:
         "spec: {address: 10.0.0.1, labels: {app: spec, version: v1}}\n")
     [workload] = load_mesh(tmp_path).workloads
     assert dict(workload.labels) == {"app": "meta", "team": "x", "version": "v1"}
+
+
+def test_demo_matches_mixer_up_topology(demo: Mesh) -> None:
+    """The demo's addresses and ports are mixer up's (controlplane.envoy.mesh.local_mesh)."""
+    from controlplane.envoy.mesh import SERVICE_PORT, local_mesh
+
+    up = local_mesh()
+    by_name = {w.name: w for w in demo.workloads}
+    assert by_name["istio-ingressgateway"].ports["http"] == up.ingress.port
+    assert by_name["istio-egressgateway"].ports["http"] == up.egress.port
+    for name, ports in (("frontend", up.frontend), ("backend", up.backend)):
+        workload = by_name[f"{name}-0"]
+        assert (workload.address, workload.ports["http"]) == (ports.inbound.host,
+                                                              ports.inbound.port)
+        service = demo.service(f"{name}.default.svc.cluster.local")
+        assert service is not None and service.ports[0].number == SERVICE_PORT
+        sidecar = demo.sidecar_for(workload)
+        assert sidecar is not None
+        assert sidecar.ingress[0].port.number == ports.inbound.port
+        assert sidecar.ingress[0].default_endpoint == f"{ports.app.host}:{ports.app.port}"
+    frontend = demo.sidecar_for(by_name["frontend-0"])
+    assert frontend is not None and frontend.egress[0].port is not None
+    assert frontend.egress[0].port.number == up.frontend.outbound.port
+    gateway_ports = {g.origin.name: g.servers[0].port.number for g in demo.gateways}
+    assert gateway_ports == {"ingressgateway": up.ingress.port, "egressgateway": up.egress.port}

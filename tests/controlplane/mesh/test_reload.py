@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from controlplane.mesh import Mesh, load_mesh
@@ -14,7 +15,8 @@ from envoy_mixer.runtime.reload import Reloader
 DEMO = Path(__file__).parent / "testdata" / "demo"
 
 
-def test_bad_edit_keeps_the_last_good_mesh(tmp_path: Path) -> None:
+def test_bad_edit_keeps_the_last_good_mesh(tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
     """After a bad edit the old Mesh stays, the error names file/line/field, and it counts."""
     mesh_dir = tmp_path / "mesh"
     shutil.copytree(DEMO, mesh_dir)
@@ -35,6 +37,10 @@ def test_bad_edit_keeps_the_last_good_mesh(tmp_path: Path) -> None:
     assert reloader.last_error.line == 26
     assert registry.get_sample_value("mixer_config_load_errors_total",
                                      {"service": "mesh", "reason": "invalid_config"}) == 1
+    [record] = [r for r in caplog.records if r.getMessage() == "config_load_error"]
+    fields = record.mixer_fields  # type: ignore[attr-defined]
+    assert (fields["file"], fields["line"], fields["field"], fields["kept_previous"]) == (
+        "virtualservices.yaml", 26, "spec.http[0].timeout", True)
 
     vs.write_text(vs.read_text().replace("timeout: soon", "timeout: 3s"))
     assert reloader.reload()

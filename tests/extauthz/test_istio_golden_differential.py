@@ -202,6 +202,9 @@ def test_verdicts_agree_with_istio_golden_rbac(
                       f"ours {o.mixer}" for o in disagreed[:30])
     # A harness that broke one listener would agree on "all denied" or "all allowed".
     assert 0 < allowed < len(judged), f"Istio's verdicts are all alike: {allowed}/{len(judged)}"
+    blocked = [(o.case, o.probe.describe()) for o in outcomes
+               if o.case in diff.ALWAYS_ALLOWED and (o.istio, o.mixer) != (200, 200)]
+    assert not blocked, f"audit and dry-run must allow everything: {blocked[:5]}"
     assert not rejected, f"policies rejected: {sorted(rejected)}; see {MISMATCH_FILE}"
     assert not disagreed, (f"{len(disagreed)} of {len(judged)} verdicts differ "
                            f"(classes in {MISMATCH_FILE}); first 30:\n{first}")

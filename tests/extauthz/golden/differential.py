@@ -95,6 +95,9 @@ CASES: tuple[Case, ...] = (
     Case("trust-domains-field", "trust-domains-in.yaml", ("trust-domains-out.yaml",)),
 )
 
+#: Cases whose every request is allowed: AUDIT only logs, dry-run policies only shadow.
+ALWAYS_ALLOWED = frozenset({"audit-full-rule", "dry-run-allow", "dry-run-allow-and-deny"})
+
 #: Golden cases of that table we do not run, and why (they count as "not applicable").
 NOT_APPLICABLE: dict[str, str] = {
     name: "CUSTOM action: mixer authz rejects CUSTOM by design (it is the CUSTOM provider)"

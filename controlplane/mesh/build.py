@@ -101,13 +101,16 @@ class Item:
 
     @property
     def origin(self) -> m.Origin:
+        """Where the resource is: kind, namespace/name, file and line."""
         return m.Origin(self.resource.kind, self.namespace, self.resource.metadata.name,
                         self.doc.file, self.doc.line_of(self.base))
 
     def line(self, *path: str | int) -> int | None:
+        """The line of ``spec.<path>`` (or of its nearest ancestor)."""
         return self.doc.line_of((*self.base, "spec", *path))
 
     def error(self, message: str, *path: str | int, at_key: bool = False) -> ConfigError:
+        """A ConfigError at ``spec.<path>``."""
         return self.doc.error(message, (*self.base, "spec", *path), at_key=at_key)
 
 
@@ -121,6 +124,7 @@ class Builder:
         self.hosts: dict[str, m.Origin] = {}
 
     def spec(self, item: Item) -> BaseModel | None:
+        """The item's spec validated by its kind's schema (None, with errors, if invalid)."""
         schema = NETWORKING_KINDS[item.resource.kind]
         try:
             return schema.model_validate(item.resource.spec)
@@ -129,11 +133,13 @@ class Builder:
             return None
 
     def fqdn(self, host: str, item: Item) -> str:
+        """``host`` qualified in the item's namespace (Istio's short-name rule)."""
         return resolve_short_name(host, item.namespace, self.domain)
 
     # -- ServiceEntry / WorkloadEntry
 
     def ports(self, item: Item, ports: Sequence[se_schema.ServicePort]) -> tuple[m.Port, ...]:
+        """A ServiceEntry's ports; numbers and names must be unique."""
         numbers: set[int] = set()
         names: set[str] = set()
         out = []
@@ -151,6 +157,7 @@ class Builder:
 
     def inline_endpoints(self, item: Item, spec: se_schema.ServiceEntrySpec,
                          ports: tuple[m.Port, ...]) -> tuple[m.Endpoint, ...]:
+        """A ServiceEntry's ``endpoints``: addresses fit the resolution, port names exist."""
         names = {p.name for p in ports}
         out = []
         for i, e in enumerate(spec.endpoints):
@@ -174,6 +181,7 @@ class Builder:
 
     def service_entry(self, item: Item, spec: se_schema.ServiceEntrySpec,
                       workloads: Sequence[m.Workload]) -> list[m.Service]:
+        """One Service per host, endpoints inline or selected among ``workloads``."""
         ports = self.ports(item, spec.ports)
         if spec.endpoints and spec.workload_selector is not None:
             self.errors.append(item.error("set only one of endpoints and workloadSelector",
@@ -221,6 +229,7 @@ class Builder:
         ]
 
     def workload_entry(self, item: Item, spec: se_schema.WorkloadEntrySpec) -> m.Workload | None:
+        """A WorkloadEntry as a Workload (None, with an error, without an address)."""
         if not spec.address:
             self.errors.append(item.error("missing required key 'address'", "address"))
             return None
@@ -234,6 +243,7 @@ class Builder:
     # -- Sidecar
 
     def sidecar(self, item: Item, spec: sc_schema.SidecarSpec) -> m.Sidecar:
+        """A Sidecar: ingress listeners need a defaultEndpoint, egress hosts ``ns/host``."""
         ingress = []
         for i, ing in enumerate(spec.ingress):
             self.capture(item, ing.capture_mode, "ingress", i)
@@ -274,6 +284,7 @@ class Builder:
 
     def listener_ports(self, item: Item, ingress: Sequence[m.IngressListener],
                        egress: Sequence[m.EgressListener]) -> None:
+        """Each bind address and port is used by one listener of the Sidecar."""
         # One Envoy binds every listener of its Sidecar: a bind address and port used twice
         # would make it reject the whole listener set.
         seen: dict[tuple[str, int], str] = {}
@@ -292,12 +303,14 @@ class Builder:
                 seen[key] = f"{section}[{i}]"
 
     def capture(self, item: Item, mode: str, *path: str | int) -> None:
+        """captureMode IPTABLES needs traffic capture, which this mesh does not have."""
         if mode == "IPTABLES":
             self.errors.append(item.error(
                 "not supported: captureMode IPTABLES (this mesh has no traffic capture; use "
                 "NONE with bind and port)", *path, "captureMode"))
 
     def bind(self, item: Item, bind: str, *path: str | int) -> None:
+        """A ``bind`` is an IP address or a unix socket."""
         if bind and not _ip_or_unix(bind):
             self.errors.append(item.error(f"invalid bind '{bind}' (expected an IP address or "
                                           "unix:///path)", *path, "bind"))
@@ -305,6 +318,7 @@ class Builder:
     # -- Gateway
 
     def gateway(self, item: Item, spec: gw_schema.GatewaySpec) -> m.Gateway:
+        """A Gateway: hosts scoped, TLS servers with their certificate files."""
         servers = []
         for i, s in enumerate(spec.servers):
             self.bind(item, s.bind, "servers", i)
@@ -338,6 +352,7 @@ class Builder:
     # -- VirtualService
 
     def virtual_service(self, item: Item, spec: vs_schema.VirtualServiceSpec) -> m.VirtualService:
+        """A VirtualService: hosts and destinations qualified, gateways resolved."""
         gateways = tuple(resolve_gateway(g, item.namespace) for g in spec.gateways) or (
             m.MESH_GATEWAY,)
         hosts = tuple(self.fqdn(h, item) for h in spec.hosts)
@@ -375,10 +390,12 @@ class Builder:
 
     def destination(self, item: Item, d: vs_schema.Destination, where: PathKey
                     ) -> m.Destination:
+        """A route destination with its host qualified and its line kept."""
         return m.Destination(self.fqdn(d.host, item), d.subset,
                              d.port.number if d.port else None, d.host, item.line(*where))
 
     def match(self, item: Item, x: vs_schema.HTTPMatchRequest, where: PathKey) -> m.HttpMatch:
+        """One ``match[]`` entry; regexes are checked."""
         def sm(value: vs_schema.StringMatch | None, *path: str) -> m.StringMatch | None:
             if value is None:
                 return None
@@ -404,6 +421,7 @@ class Builder:
                            x.port)
 
     def regex(self, item: Item, pattern: str, where: PathKey) -> None:
+        """A regex must be valid RE2 (what Envoy runs)."""
         # Envoy uses RE2. Python's re accepts every RE2 construct a route needs, so a pattern
         # that fails here would fail in Envoy too; the constructs re has and RE2 lacks
         # (lookaround, backreferences) are rejected by name.
@@ -421,6 +439,7 @@ class Builder:
 
     def destination_rule(self, item: Item, spec: dr_schema.DestinationRuleSpec,
                          services: Sequence[m.Service]) -> m.DestinationRule:
+        """A DestinationRule: subset names unique, each resolved to its endpoints."""
         host = self.fqdn(spec.host, item)
         endpoints = [e for s in services if host_matches(host, s.host) for e in s.endpoints]
         subsets = []

@@ -116,3 +116,16 @@ def reject_values(reasons: dict[str, str]) -> BeforeValidator:
         return value
 
     return BeforeValidator(check)
+
+
+def _export_to(value: list[str] | None) -> list[str] | None:
+    if value is not None and any(v != "*" for v in value):
+        raise PydanticCustomError(
+            "not_supported_value",
+            "not supported: exportTo other than [\"*\"] (there is one flat mesh: every "
+            "resource is visible to every proxy)")
+    return value
+
+
+#: ``exportTo``: only Istio's default, ``["*"]`` (everywhere), means something here.
+ExportTo = Annotated[list[str] | None, AfterValidator(_export_to)]

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from controlplane.mesh.schema.common import (
     Duration,
+    ExportTo,
     Strict,
     Unsupported,
     reject_values,
@@ -185,5 +186,5 @@ class DestinationRuleSpec(Strict):
     host: str = Field(min_length=1)
     traffic_policy: TrafficPolicy | None = Field(None, alias="trafficPolicy")
     subsets: list[Subset] = []
-    export_to: Unsupported = unsupported("exportTo")
+    export_to: ExportTo = Field(None, alias="exportTo")
     workload_selector: Unsupported = unsupported("workloadSelector")

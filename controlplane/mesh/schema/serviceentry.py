@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from controlplane.mesh.schema.common import (
+    ExportTo,
     PortNumber,
     Protocol,
     Strict,
@@ -59,5 +60,4 @@ class ServiceEntrySpec(Strict):
     endpoints: list[WorkloadEntrySpec] = []
     workload_selector: WorkloadSelector | None = Field(None, alias="workloadSelector")
     subject_alt_names: list[str] = Field([], alias="subjectAltNames")
-    # There is one flat mesh: every resource is visible to every proxy.
-    export_to: Unsupported = unsupported("exportTo")
+    export_to: ExportTo = Field(None, alias="exportTo")

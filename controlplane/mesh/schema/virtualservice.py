@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from controlplane.mesh.schema.common import (
     Duration,
+    ExportTo,
     Percent,
     PortNumber,
     Strict,
@@ -213,4 +214,4 @@ class VirtualServiceSpec(Strict):
     http: list[HTTPRoute] = []
     tls: Unsupported = unsupported("tls")
     tcp: Unsupported = unsupported("tcp")
-    export_to: Unsupported = unsupported("exportTo")
+    export_to: ExportTo = Field(None, alias="exportTo")

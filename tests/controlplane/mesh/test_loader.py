@@ -292,3 +292,11 @@ def test_demo_matches_mixer_up_topology(demo: Mesh) -> None:
     assert frontend.egress[0].port.number == up.frontend.outbound.port
     gateway_ports = {g.origin.name: g.servers[0].port.number for g in demo.gateways}
     assert gateway_ports == {"ingressgateway": up.ingress.port, "egressgateway": up.egress.port}
+
+
+def test_export_to_everywhere_is_accepted(tmp_path: Path) -> None:
+    """exportTo ["*"] (Istio's default) loads; it is what the flat mesh does anyway."""
+    (tmp_path / "se.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a}\n"
+        "spec: {hosts: [a.example.com], exportTo: ['*'], ports: [{number: 80, name: http}]}\n")
+    assert [s.host for s in load_mesh(tmp_path).services] == ["a.example.com"]

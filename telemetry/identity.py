@@ -29,22 +29,17 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+# The names our generated Envoy configs use for peer headers, stashes and log tags are the wire
+# contract's (one definition, shared with the config builders); re-exported for this package.
+from envoy_mixer.common.wire import PEER_METADATA_HEADER as PEER_METADATA_HEADER
+from envoy_mixer.common.wire import PEER_METADATA_ID_HEADER as PEER_METADATA_ID_HEADER
+from envoy_mixer.common.wire import PEER_STASH_NAMESPACE as PEER_STASH_NAMESPACE
+from envoy_mixer.common.wire import SERVICES_TAG as SERVICES_TAG
+from envoy_mixer.common.wire import UPSTREAM_LOCAL_SAN_TAG as UPSTREAM_LOCAL_SAN_TAG
+from envoy_mixer.common.wire import UPSTREAM_PEER_SAN_TAG as UPSTREAM_PEER_SAN_TAG
+
 UNKNOWN = "unknown"
 LATEST = "latest"
-
-PEER_METADATA_HEADER = "x-mixer-peer-metadata"
-PEER_METADATA_ID_HEADER = "x-mixer-peer-metadata-id"
-#: Where the shipped gateways/outbound sidecars stash the peer response headers they strip
-#: from the client's response (Envoy dynamic metadata, copied into every ALS entry).
-PEER_STASH_NAMESPACE = "mixer.peer_response"
-#: The access-log custom tag carrying the upstream cluster's ``istio.services`` metadata
-#: (Istio's per-cluster service list, JSON): where destination_service comes from, as in Istio.
-SERVICES_TAG = "istio.services"
-#: Access-log custom tags carrying the upstream connection's URI SANs (Envoy's
-#: ``%UPSTREAM_PEER_URI_SAN%`` / ``%UPSTREAM_LOCAL_URI_SAN%``): ALS logs only the downstream TLS,
-#: and the client side needs the destination's certificate identity.
-UPSTREAM_PEER_SAN_TAG = "upstream_peer_uri_san"
-UPSTREAM_LOCAL_SAN_TAG = "upstream_local_uri_san"
 
 _CANONICAL_NAME_LABELS = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
 _CANONICAL_REVISION_LABELS = (

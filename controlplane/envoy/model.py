@@ -16,19 +16,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from controlplane.envoy.ratelimit_actions import Actions
 
-#: Request/response headers that carry a proxy's identity to its peer (COMMON.md contract).
-PEER_METADATA_HEADER = "x-mixer-peer-metadata"
-PEER_METADATA_ID_HEADER = "x-mixer-peer-metadata-id"
-#: Dynamic-metadata namespace where gateways and outbound sidecars keep the peer response
-#: headers they strip before the response reaches the client (read by the telemetry service).
-PEER_STASH_NAMESPACE = "mixer.peer_response"
-
-#: Dynamic-metadata namespace ext_authz forwards to the policy service, and the key there
-#: holding the physical peer's IP (Istio RBAC's ``direct_remote_ip``). Envoy writes it through
-#: a transient request header that it removes again, so a client cannot forge it.
-AUTHZ_METADATA_NAMESPACE = "envoy_mixer"
-DIRECT_REMOTE_IP_KEY = "direct_remote_ip"
-DIRECT_PEER_HEADER = "x-mixer-direct-remote-address"
+# The wire contract (peer headers, metadata namespaces, the physical-peer header) is defined
+# once in envoy_mixer.common.wire and shared with the services that read it; re-exported here
+# for the builders.
+from envoy_mixer.common.wire import AUTHZ_METADATA_NAMESPACE as AUTHZ_METADATA_NAMESPACE
+from envoy_mixer.common.wire import DIRECT_PEER_HEADER as DIRECT_PEER_HEADER
+from envoy_mixer.common.wire import DIRECT_REMOTE_IP_KEY as DIRECT_REMOTE_IP_KEY
+from envoy_mixer.common.wire import PEER_METADATA_HEADER as PEER_METADATA_HEADER
+from envoy_mixer.common.wire import PEER_METADATA_ID_HEADER as PEER_METADATA_ID_HEADER
+from envoy_mixer.common.wire import PEER_STASH_NAMESPACE as PEER_STASH_NAMESPACE
 
 #: Cluster names of our three services inside every generated config.
 AUTHZ_CLUSTER = "mixer_authz"

@@ -5,6 +5,12 @@
 - ``mixer_authz_policy_decisions_total{policy,result}``: the policy that decided (``ns/name``,
   bounded by the loaded config; ``-`` for the default deny when no ALLOW matched).
 - ``mixer_authz_check_duration_seconds``: Check latency inside the service.
+- ``mixer_authz_errors_total{reason}``: Checks answered with a failed RPC instead of a
+  decision, by a stable reason: ``no_policy`` (no good policy load yet: UNAVAILABLE) or
+  ``internal`` (a bug or an unexpected failure: INTERNAL). Each also counts as
+  ``decisions_total{result="error"}``; Envoy's ``failure_mode_allow`` decides the request.
+- ``mixer_authz_output_headers_dropped_total``: JWT output headers left out of an allowed
+  request because they would exceed Envoy's header limits (see ``extauthz.output_headers``).
 - ``mixer_authz_jwks_fetches_total{result}``: JWKS fetches by ``success``/``error``.
 Reload counts are the shared ``mixer_config_loads_total{service="authz",result}``.
 
@@ -26,6 +32,9 @@ from prometheus_client.registry import Collector
 
 RESULTS = ("allow", "deny", "unauthenticated", "error", "dry_run_deny", "audit")
 
+#: ``mixer_authz_errors_total`` reasons (label values are fixed: dashboards can rely on them).
+ERROR_REASONS = ("no_policy", "internal")
+
 LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )
@@ -43,6 +52,8 @@ class _CheckCollector(Collector):
         #: Every result is present from the start, so dashboards see zeros, not gaps.
         self.results: dict[str, int] = dict.fromkeys(RESULTS, 0)
         self.results_created = now
+        self.errors: dict[str, int] = dict.fromkeys(ERROR_REASONS, 0)
+        self.dropped_headers = 0
         self.policies: dict[tuple[str, str], int] = {}
         self.policies_created: dict[tuple[str, str], float] = {}
         #: ``buckets[i]`` counts observations in (LATENCY_BUCKETS[i-1], LATENCY_BUCKETS[i]];
@@ -56,6 +67,16 @@ class _CheckCollector(Collector):
         for result, value in list(self.results.items()):
             results.add_metric([result], value, created=self.results_created)
         yield results
+        errors = CounterMetricFamily(
+            "mixer_authz_errors", "Checks answered with a failed RPC, by reason.",
+            labels=["reason"])
+        for reason, value in list(self.errors.items()):
+            errors.add_metric([reason], value, created=self.results_created)
+        yield errors
+        yield CounterMetricFamily(
+            "mixer_authz_output_headers_dropped",
+            "JWT output headers left out because they exceed Envoy's header limits.",
+            value=self.dropped_headers, created=self.results_created)
         policies = CounterMetricFamily(
             "mixer_authz_policy_decisions",
             "Decisions attributed to the deciding policy (namespace/name).",
@@ -88,6 +109,15 @@ class AuthzMetrics:
     def count(self, result: str) -> None:
         """Count one ``mixer_authz_decisions_total{result}``."""
         self.results[result] += 1
+
+    def count_error(self, reason: str) -> None:
+        """Count one failed Check: ``errors_total{reason}`` and ``decisions_total{error}``."""
+        self._check.errors[reason] += 1
+        self.results["error"] += 1
+
+    def count_dropped_header(self) -> None:
+        """Count one output header left out for its size."""
+        self._check.dropped_headers += 1
 
     def count_policy(self, policy: str, result: str) -> None:
         """Count one ``mixer_authz_policy_decisions_total{policy,result}``."""

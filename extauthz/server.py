@@ -2,11 +2,15 @@
 
 Everything interesting happens in ``engine.decide``; this module maps protobuf to
 ``AuthzRequest``, runs authentication (async only for JWKS fetches) and the engine, logs and
-counts the decision, and maps it back: allow -> ``OkHttpResponse`` with the JWT output headers;
-deny -> ``DeniedHttpResponse`` (403 ``RBAC: access denied`` unless a policy customizes it);
-invalid token -> 401. Before the first good policy load, or on an internal error, the answer is
-a non-OK status, which Envoy turns into a deny because our configs set
-``failure_mode_allow: false``.
+counts the decision, and maps it back: allow -> ``OkHttpResponse`` with the JWT output headers
+set and every other output header of the workload's RequestAuthentications removed (see
+``extauthz.output_headers``); deny -> ``DeniedHttpResponse`` (403 ``RBAC: access denied``
+unless a policy customizes it); invalid token -> 401.
+
+Without a decision the RPC itself fails, so Envoy's ``failure_mode_allow`` (and
+``status_on_error``) decide what the client gets: before the first good policy load the status
+is UNAVAILABLE (``mixer_authz_errors_total{reason="no_policy"}``), on an unexpected error
+INTERNAL (``reason="internal"``, logged with its traceback).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
+import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
@@ -27,6 +33,12 @@ from envoy_mixer.common.snapshot import NotLoadedError, Snapshot
 from extauthz.engine import Decision, decide
 from extauthz.jwt import NO_TOKEN, Authenticator
 from extauthz.metrics import AuthzMetrics
+from extauthz.output_headers import (
+    DEFAULT_MAX_HEADER_BYTES,
+    OutputHeaderNames,
+    strip_list,
+    within_limit,
+)
 from extauthz.peercert import NO_NAMES, CertificateCache
 from extauthz.policy import PolicySet, WorkloadView
 from extauthz.request import AuthzRequest, merge_header_lines
@@ -132,17 +144,22 @@ def _header_options(pairs: Sequence[tuple[str, str]]) -> list[base_pb2.HeaderVal
 _PLAIN_ALLOW = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))
 
 
-def to_response(decision: Decision) -> external_auth_pb2.CheckResponse:
-    """Map a decision to the CheckResponse Envoy understands."""
+def to_response(decision: Decision, strip: Sequence[str] = ()) -> external_auth_pb2.CheckResponse:
+    """Map a decision to the CheckResponse Envoy understands.
+
+    ``strip`` names the workload's JWT output headers: on an allow, each one the decision does
+    not set is removed from the request (a client-sent value must never reach the app).
+    """
     if decision.allowed:
         if not (decision.headers_to_add or decision.headers_to_remove
-                or decision.params_to_remove):
+                or decision.params_to_remove or strip):
             return _PLAIN_ALLOW
         return external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=code_pb2.OK),
             ok_response=external_auth_pb2.OkHttpResponse(
                 headers=_header_options(decision.headers_to_add),
-                headers_to_remove=list(decision.headers_to_remove),
+                headers_to_remove=list(strip_list(strip, decision.headers_to_add,
+                                                  decision.headers_to_remove)),
                 query_parameters_to_remove=list(decision.params_to_remove),
             ),
         )
@@ -161,31 +178,28 @@ def to_response(decision: Decision) -> external_auth_pb2.CheckResponse:
 class _ResponseCache:
     """Responses for the engine's shared (memoized) decisions, built once per decision object.
 
-    Responses are never mutated after creation, so gRPC can serialize the same one every time.
+    Keyed by the decision and the workload's output-header tuple (both interned: the engine
+    memoizes decisions, ``OutputHeaderNames`` the tuples). Responses are never mutated after
+    creation, so gRPC can serialize the same one every time.
     """
 
     MAX = 8192
 
     def __init__(self) -> None:
-        self._entries: dict[int, tuple[Decision, external_auth_pb2.CheckResponse]] = {}
+        self._entries: dict[tuple[int, int], tuple[Decision, Sequence[str],
+                                                   external_auth_pb2.CheckResponse]] = {}
 
-    def get(self, decision: Decision) -> external_auth_pb2.CheckResponse:
-        entry = self._entries.get(id(decision))
-        if entry is not None and entry[0] is decision:
-            return entry[1]
-        response = to_response(decision)
+    def get(self, decision: Decision, strip: Sequence[str] = ()) -> external_auth_pb2.CheckResponse:
+        key = (id(decision), id(strip))
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is decision and entry[1] is strip:
+            return entry[2]
+        response = to_response(decision, strip)
         if len(self._entries) >= self.MAX:
             self._entries.clear()
-        # Keeping the decision in the entry pins its id, so a reused id can never alias.
-        self._entries[id(decision)] = (decision, response)
+        # Keeping both objects in the entry pins their ids, so a reused id can never alias.
+        self._entries[key] = (decision, strip, response)
         return response
-
-
-def error_response(message: str) -> external_auth_pb2.CheckResponse:
-    """A non-OK answer without a decision (no policy loaded, internal error)."""
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message),
-    )
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
@@ -198,27 +212,32 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         authenticator: Authenticator | None = None,
         *,
         trusted_proxies: int = 0,
+        max_output_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     ) -> None:
         self.snapshot = snapshot
         self.metrics = metrics
         self.authenticator = authenticator or Authenticator()
         self.trusted_proxies = trusted_proxies
+        self.max_output_header_bytes = max_output_header_bytes
         self._responses = _ResponseCache()
         self._certificates = CertificateCache()
+        self._output_names = OutputHeaderNames()
 
     async def Check(
-        self, request: external_auth_pb2.CheckRequest, context: Any
+        self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
-        """Authorize one request."""
+        """Authorize one request; without a decision, fail the RPC (Envoy's failure mode)."""
         started = time.perf_counter()
         metrics = self.metrics
         try:
             policies = self.snapshot.get()
         except NotLoadedError:
-            metrics.count("error")
+            metrics.count_error("no_policy")
             metrics.observe(time.perf_counter() - started)
-            log_event(_log, "authz_error", logging.ERROR, error="no policy loaded")
-            return error_response("no policy loaded")
+            log_event(_log, "authz_error", logging.ERROR, reason="no_policy",
+                      error="no policy loaded")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no policy loaded")
+            raise  # unreachable: abort raises
         try:
             req = to_domain(request, self._certificates)
             view = policies.view(req.context_extensions)
@@ -226,18 +245,37 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
                      if view.jwt_rules else NO_TOKEN)
             decision = decide(policies, view, req, authn, trusted_proxies=self.trusted_proxies)
             self.record(decision, req, view)
+            strip = self._output_names.get(view.jwt_rules)
             # Only the engine's shared decisions are worth caching; per-request ones (JWT
             # headers, audit, dry-run details) would just churn the cache.
-            shared = authn is NO_TOKEN and decision.audit is None and not view.has_dry_run
-            response = self._responses.get(decision) if shared else to_response(decision)
+            if authn is NO_TOKEN and decision.audit is None and not view.has_dry_run:
+                response = self._responses.get(decision, strip)
+            else:
+                if decision.headers_to_add:
+                    decision = self._bounded(decision, req)
+                response = to_response(decision, strip)
         except Exception as exc:
-            # Not silent: logged with the traceback and counted; Envoy denies (fail closed).
-            metrics.count("error")
-            _log.exception("authz_error", extra={"mixer_fields": {"error": repr(exc)}})
+            # Not silent: logged with the traceback and counted; Envoy's failure mode decides.
+            metrics.count_error("internal")
+            _log.exception("authz_error", extra={"mixer_fields": {"reason": "internal",
+                                                                  "error": repr(exc)}})
             metrics.observe(time.perf_counter() - started)
-            return error_response("internal error")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            raise  # unreachable: abort raises
         metrics.observe(time.perf_counter() - started)
         return response
+
+    def _bounded(self, decision: Decision, req: AuthzRequest) -> Decision:
+        """The decision without output headers too large for Envoy (each logged and counted)."""
+        kept, dropped = within_limit(decision.headers_to_add, self.max_output_header_bytes)
+        if not dropped:
+            return decision
+        for name, size in dropped:
+            self.metrics.count_dropped_header()
+            log_event(_log, "authz_output_header_dropped", logging.WARNING, header=name,
+                      bytes=size, limit=self.max_output_header_bytes,
+                      request_id=req.request_id, request_principal=decision.principal)
+        return replace(decision, headers_to_add=kept)
 
     def record(self, decision: Decision, req: AuthzRequest,
                view: WorkloadView | None = None) -> None:

@@ -55,6 +55,12 @@ metadata: {name: audit, namespace: foo}
 spec:
   action: AUDIT
   rules: [{to: [{operation: {paths: ["/audited"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: admins-only, namespace: bar}
+spec:
+  rules: [{from: [{source: {namespaces: ["admin"]}}]}]
 """
 
 
@@ -69,7 +75,7 @@ spec:
   jwtRules:
   - issuer: {signer.issuer}
     jwks: {json.dumps(signer.jwks)}
-    outputClaimToHeaders: [{{header: x-user, claim: sub}}]
+    outputClaimToHeaders: [{{header: x-user, claim: sub}}, {{header: X-Role, claim: role}}]
 """
 
 
@@ -149,11 +155,71 @@ async def test_jwt_headers_and_401(service: Running, signer: Any) -> None:
         "/get", headers={"authorization": f"Bearer {signer.token()}"}))
     added = {o.header.key: o.header.value for o in good.ok_response.headers}
     assert added == {"x-user": "alice"}
-    assert list(good.ok_response.headers_to_remove) == ["authorization"]
+    assert list(good.ok_response.headers_to_remove) == ["authorization", "x-role"]
     bad = await service.stub.Check(check_request(
         "/get", headers={"authorization": "Bearer a.b.c"}))
     assert (bad.status.code, bad.denied_response.status.code) == (16, 401)
     assert service.metric("mixer_authz_decisions_total", result="unauthenticated") == 1
+
+
+async def test_output_headers_are_stripped_token_or_not(service: Running, signer: Any) -> None:
+    """Every output header is removed with no token; a set one overwrites, an unset one goes."""
+    forged = {"x-user": "root", "x-role": "admin"}
+    plain = await service.stub.Check(check_request("/get", headers=forged))
+    assert plain.status.code == 0
+    assert sorted(plain.ok_response.headers_to_remove) == ["x-role", "x-user"]
+    assert not plain.ok_response.headers
+    with_role = await service.stub.Check(check_request("/get", headers={
+        **forged, "authorization": f"Bearer {signer.token(role='viewer')}"}))
+    options = {o.header.key: (o.header.value, o.append_action)
+               for o in with_role.ok_response.headers}
+    from envoy.config.core.v3 import base_pb2
+
+    overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    assert options == {"x-user": ("alice", overwrite), "x-role": ("viewer", overwrite)}
+    assert list(with_role.ok_response.headers_to_remove) == ["authorization"]
+    other_ns = await service.stub.Check(check_request("/get", headers=forged, ns="default"))
+    assert not other_ns.HasField("ok_response")  # no RequestAuthentication there: untouched
+
+
+async def test_oversized_output_header_is_dropped_and_counted(
+        tmp_path: Path, signer: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """An output header over the size limit is left out (and removed), logged and counted."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(jwt_policy(signer))
+    registry = CollectorRegistry()
+    running = await start(build_service(policy, registry=registry, max_output_header_bytes=100),
+                          ServerSettings("authz", "127.0.0.1:0", "127.0.0.1:0"))
+    caplog.set_level(logging.WARNING, logger="extauthz.decisions")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            token = signer.token(role="r" * 200)
+            resp = await stub.Check(check_request(
+                "/get", headers={"authorization": f"Bearer {token}", "x-role": "forged"}))
+        assert resp.status.code == 0
+        assert {o.header.key: o.header.value for o in resp.ok_response.headers} == {
+            "x-user": "alice"}
+        assert sorted(resp.ok_response.headers_to_remove) == ["authorization", "x-role"]
+        assert registry.get_sample_value("mixer_authz_output_headers_dropped_total") == 1
+        events = {r.getMessage(): r.mixer_fields for r in caplog.records}  # type: ignore[attr-defined]
+        assert events["authz_output_header_dropped"]["header"] == "x-role"
+        assert events["authz_output_header_dropped"]["limit"] == 100
+    finally:
+        await running.stop(0)
+
+
+async def test_forged_identity_headers_change_no_decision(service: Running) -> None:
+    """Peer-metadata and XFCC headers claiming another namespace never make a principal."""
+    import base64
+
+    claim = base64.b64encode(json.dumps({"namespace": "admin", "name": "x"}).encode()).decode()
+    forged = {"x-mixer-peer-metadata": claim, "x-mixer-peer-metadata-id": "sidecar~admin",
+              "x-forwarded-client-cert": "By=x;URI=spiffe://cluster.local/ns/admin/sa/x"}
+    plain = await service.stub.Check(check_request("/get", ns="bar"))
+    spoofed = await service.stub.Check(check_request("/get", ns="bar", headers=forged))
+    assert plain.status.code == spoofed.status.code == 7
+    assert spoofed.denied_response.status.code == 403
 
 
 async def test_dry_run_and_audit_logged_and_counted(service: Running,
@@ -200,8 +266,8 @@ async def test_reload_swaps_and_bad_file_keeps_old(service: Running) -> None:
     assert (err.file, err.line, err.field) == ("policy.yaml", 4, "spec.action")
 
 
-async def test_not_loaded_answers_error(tmp_path: Path) -> None:
-    """Before any good load, Check answers UNAVAILABLE (Envoy denies: failure_mode_allow false)."""
+async def test_not_loaded_fails_the_rpc_with_unavailable(tmp_path: Path) -> None:
+    """Before any good load, Check fails with gRPC UNAVAILABLE, counted as reason no_policy."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: AuthorizationPolicy\n")
     registry = CollectorRegistry()
@@ -210,11 +276,46 @@ async def test_not_loaded_answers_error(tmp_path: Path) -> None:
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
-            resp = await stub.Check(check_request("/"))
-        assert resp.status.code == 14
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.Check(check_request("/"))
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert failed.value.details() == "no policy loaded"
+        assert registry.get_sample_value("mixer_authz_errors_total", {"reason": "no_policy"}) == 1
+        assert registry.get_sample_value("mixer_authz_errors_total", {"reason": "internal"}) == 0
         assert registry.get_sample_value("mixer_authz_decisions_total", {"result": "error"}) == 1
     finally:
         await running.stop(0)
+
+
+async def test_internal_error_fails_the_rpc_with_internal(tmp_path: Path) -> None:
+    """An unexpected exception during Check fails with gRPC INTERNAL, counted as internal."""
+    from envoy_mixer.common.snapshot import Snapshot
+    from extauthz.metrics import AuthzMetrics
+    from extauthz.server import AuthorizationServicer, add_to_server
+
+    class Broken:
+        """A policy set whose lookup raises, standing in for any bug behind Check."""
+
+        def view(self, context_extensions: object) -> object:
+            raise RuntimeError("boom")
+
+    snapshot: Snapshot[Any] = Snapshot()
+    snapshot.set(Broken())
+    registry = CollectorRegistry()
+    servicer = AuthorizationServicer(snapshot, AuthzMetrics(registry))
+    server = grpc.aio.server()
+    add_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.Check(check_request("/"))
+        assert failed.value.code() == grpc.StatusCode.INTERNAL
+        assert registry.get_sample_value("mixer_authz_errors_total", {"reason": "internal"}) == 1
+    finally:
+        await server.stop(0)
 
 
 def test_to_domain_raw_header_map_query_and_identity() -> None:

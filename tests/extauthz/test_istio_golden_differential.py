@@ -134,32 +134,39 @@ def test_verdicts_agree_with_istio_golden_rbac(
     """Every generated request gets the same verdict from Istio's golden RBAC and from us."""
     pki, tokens, flags = diff.Pki(tmp_path), diff.Tokens(), _mixer_flags()
     notes: list[str] = []
-    work, procs_by_case = [], {}
+    work, services = [], {}  # services: name -> (grpc port, admin port, policy texts, flags)
     undriven, unsendable, taken = 0, 0, set[int]()
-    for case in diff.CASES:
-        policies = [d for d in yaml.safe_load_all((diff.GOLDEN / case.input).read_text()) if d]
+    for case in [*diff.CASES, *diff.fragment_cases()]:
+        policies = [d for d in yaml.safe_load_all(case.input_yaml()) if d]
         undriven += diff.undriven_conditions(policies)
         probes, dropped = diff.generate(policies, case.probe_trust_domains)
         unsendable += dropped
-        ports = diff.CasePorts(*(_unique_port(free_port, taken) for _ in range(4)))
-        policy = tmp_path / f"{case.name.replace('/', '_')}.yaml"
-        policy.write_text(diff.mixer_policy_text(case, probes, tokens.jwks))
-        td_args, why_not = _trust_domain_args(case, flags)
-        if why_not:
-            notes.append(f"{case.name}: {why_not}; run without the bundle")
-        args = ["authz", "--policy", str(policy), "--listen", f"127.0.0.1:{ports.grpc}",
-                "--admin", f"127.0.0.1:{ports.admin}", "--trusted-proxies", "1",
-                "--log-level", "warning", *td_args]
-        # All services start at once (wait=False) and are waited for together below.
-        procs_by_case[case.name] = start_mixer(args, ports.admin, wait=False)
+        if case.service not in services:
+            td_args, why_not = _trust_domain_args(case, flags)
+            if why_not:
+                notes.append(f"{case.name}: {why_not}; run without the bundle")
+            services[case.service] = (_unique_port(free_port, taken),
+                                      _unique_port(free_port, taken), [], td_args)
+        grpc, admin_port, texts, _ = services[case.service]
+        texts.append(diff.mixer_policy_text(case, probes, tokens.jwks))
+        ports = diff.CasePorts(_unique_port(free_port, taken), _unique_port(free_port, taken),
+                               grpc, admin_port)
         work.append((case, ports, probes))
 
+    running = {}
+    for name, (grpc, admin_port, texts, td_args) in services.items():
+        policy = tmp_path / f"{name}.yaml"
+        policy.write_text("\n---\n".join(t.rstrip() for t in texts) + "\n")
+        args = ["authz", "--policy", str(policy), "--listen", f"127.0.0.1:{grpc}",
+                "--admin", f"127.0.0.1:{admin_port}", "--trusted-proxies", "1",
+                "--log-level", "warning", *td_args]
+        # All services start at once (wait=False) and are waited for together below.
+        running[name] = (start_mixer(args, admin_port, wait=False), admin_port)
+
     deadline = time.monotonic() + 30
-    rejected = {}
-    for case, ports, _ in work:
-        error = _wait_loaded(procs_by_case[case.name], ports.admin, deadline)
-        if error is not None:
-            rejected[case.name] = error
+    failed = {name: error for name, (proc, admin_port) in running.items()
+              if (error := _wait_loaded(proc, admin_port, deadline)) is not None}
+    rejected = {c.name: failed[c.service] for c, _, _ in work if c.service in failed}
     admin = _unique_port(free_port, taken)
     start_envoy(diff.envoy_config(admin, pki, tokens, [(c, p) for c, p, _ in work]), admin,
                 concurrency=2)
@@ -194,7 +201,8 @@ def test_verdicts_agree_with_istio_golden_rbac(
     total = len(outcomes) + not_loaded
     allowed = sum(o.istio == 200 for o in judged)
     with capsys.disabled():
-        print(f"\ndifferential: {len(work)} cases, {total} requests, {agreed} agreed, "
+        print(f"\ndifferential: {len(diff.CASES)} golden cases + {len(work) - len(diff.CASES)} "
+              f"golden fragments, {total} requests, {agreed} agreed, "
               f"{len(disagreed)} disagreed, {not_judged} not judged "
               f"(Istio allowed {allowed}, denied {len(judged) - allowed}; "
               f"{len(rejected)} cases rejected, {len(diff.NOT_APPLICABLE)} not applicable)")

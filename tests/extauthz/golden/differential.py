@@ -60,6 +60,25 @@ class Case:
     outputs: tuple[str, ...]
     trust_domain: str | None = None
     aliases: tuple[str, ...] = ()
+    #: Derived cases (``fragment_cases``) carry their texts and share one service per group.
+    namespace: str = "foo"
+    input_text: str | None = None
+    output_texts: tuple[str, ...] = ()
+    group: str | None = None
+
+    def input_yaml(self) -> str:
+        """The AuthorizationPolicy YAML of this case."""
+        return self.input_text if self.input_text is not None else (GOLDEN / self.input).read_text()
+
+    def rbac_filters(self) -> list[Any]:
+        """The golden RBAC HTTP filter(s), in order."""
+        texts = self.output_texts or tuple((GOLDEN / o).read_text() for o in self.outputs)
+        return [yaml.safe_load(t) for t in texts]
+
+    @property
+    def service(self) -> str:
+        """Which ``mixer authz`` serves this case (derived cases share one)."""
+        return self.group or self.name
 
     @property
     def probe_trust_domains(self) -> tuple[str, ...]:
@@ -94,6 +113,75 @@ CASES: tuple[Case, ...] = (
          ("td-aliases-source-principal-out.yaml",), "new-td", ("old-td", "some-trustdomain")),
     Case("trust-domains-field", "trust-domains-in.yaml", ("trust-domains-out.yaml",)),
 )
+
+#: allow-full-rule's rule[1] can never match (every field has "*" among both its values and
+#: its not-values), so its fields never decide a verdict there. ``fragment_cases`` cuts it
+#: into one-field policies, each paired with the piece of that same golden output Istio
+#: generated for the field: Istio builds each field's matcher on its own and joins them with
+#: and-rules (see allow-path or allow-empty-rule for the one-field shape). The pieces come in
+#: (values, not-values) pairs, in this order. Not verbatim golden pairs, so named apart.
+_FULL_RULE_PERMISSION_FIELDS = (
+    ("to", "hosts"), ("to", "methods"), ("to", "paths"), ("to", "ports"),
+    ("when", "destination.ip"), ("when", "destination.port"), ("when", "connection.sni"),
+)
+_FULL_RULE_PRINCIPAL_FIELDS = (
+    ("from", "principals"), ("from", "requestPrincipals"), ("from", "namespaces"),
+    ("from", "remoteIpBlocks"), ("from", "ipBlocks"), ("when", "request.headers[X-header]"),
+    ("when", "source.ip"), ("when", "remote.ip"), ("when", "source.namespace"),
+    ("when", "source.principal"), ("when", "request.auth.principal"),
+    ("when", "request.auth.audiences"), ("when", "request.auth.presenter"),
+    ("when", "request.auth.claims[iss]"), ("when", "request.auth.claims[nested1][nested2]"),
+)
+FRAGMENT_GROUP = "allow-full-rule-fragments"
+
+
+def fragment_cases() -> list[Case]:
+    """One case per (field, values|notValues) of allow-full-rule's rule[1]; see above."""
+    source = next(d for d in yaml.safe_load_all((GOLDEN / "allow-full-rule-in.yaml").read_text())
+                  if d)
+    rule = source["spec"]["rules"][1]
+    golden = yaml.safe_load((GOLDEN / "allow-full-rule-out.yaml").read_text())
+    policy = golden["typedConfig"]["rules"]["policies"]["ns[foo]-policy[httpbin-1]-rule[1]"]
+    pieces = {"permissions": policy["permissions"][0]["andRules"]["rules"],
+              "principals": policy["principals"][0]["andIds"]["ids"]}
+    cases = []
+    for side, fields in (("permissions", _FULL_RULE_PERMISSION_FIELDS),
+                         ("principals", _FULL_RULE_PRINCIPAL_FIELDS)):
+        for i, (where, key) in enumerate(fields):
+            for part in (0, 1):
+                ns = f"frag{len(cases)}"
+                one_rule = _one_field_rule(rule, where, key, part)
+                permission = pieces[side][2 * i + part] if side == "permissions" else {"any": True}
+                principal = pieces[side][2 * i + part] if side == "principals" else {"any": True}
+                name = f"{ns}-policy"
+                rbac = {"name": "envoy.filters.http.rbac", "typedConfig": {
+                    "@type": golden["typedConfig"]["@type"],
+                    "rules": {"policies": {f"ns[{ns}]-policy[{name}]-rule[0]": {
+                        "permissions": [{"andRules": {"rules": [permission]}}],
+                        "principals": [{"andIds": {"ids": [principal]}}]}}}}}
+                text = yaml.safe_dump({
+                    "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                    "metadata": {"name": name, "namespace": ns},
+                    "spec": {"rules": [one_rule]}}, sort_keys=False)
+                label = ("values", "notValues")[part]
+                cases.append(Case(f"allow-full-rule/rule[1]/{key}/{label}",
+                                  "allow-full-rule-in.yaml", ("allow-full-rule-out.yaml",),
+                                  namespace=ns, input_text=text,
+                                  output_texts=(yaml.safe_dump(rbac, sort_keys=False),),
+                                  group=FRAGMENT_GROUP))
+    return cases
+
+
+def _one_field_rule(rule: dict[str, Any], where: str, key: str, part: int) -> dict[str, Any]:
+    if where == "when":
+        cond = next(c for c in rule["when"] if c["key"] == key)
+        values_key = ("values", "notValues")[part]
+        return {"when": [{"key": key, values_key: cond[values_key]}]}
+    block_key = "source" if where == "from" else "operation"
+    block = rule[where][0][block_key]
+    field_key = key if part == 0 else "not" + key[0].upper() + key[1:]
+    return {where: [{block_key: {field_key: block[field_key]}}]}
+
 
 #: Cases whose every request is allowed: AUDIT only logs, dry-run policies only shadow.
 ALWAYS_ALLOWED = frozenset({"audit-full-rule", "dry-run-allow", "dry-run-allow-and-deny"})
@@ -364,8 +452,8 @@ def variants(f: Field, trust_domains: Sequence[str] = ()) -> list[Variant]:
                 inside, outside = _ip_examples(v)
                 for ip in inside:
                     out += _ip_variants(k, origin, ip)
-                for ip in outside:
-                    out += _ip_variants(k, "near-miss", ip)
+                for ip in outside:  # near misses in the two plain forms only (keeps it fast)
+                    out += _ip_variants(k, "near-miss", ip)[:2]
         return out
     if k == "port":
         for origin, vs in (("value", f.values), ("notvalue", f.not_values)):
@@ -375,7 +463,8 @@ def variants(f: Field, trust_domains: Sequence[str] = ()) -> list[Variant]:
     concretes = _concretes(f)
     if k == "path":
         for origin, c in concretes:
-            out += [(f"{origin}:{tag}", _set("path", p)) for tag, p in _path_forms(c)]
+            forms = _path_forms(c)[:1] if origin == "near-miss" else _path_forms(c)
+            out += [(f"{origin}:{tag}", _set("path", p)) for tag, p in forms]
     elif k == "host":
         for origin, c in concretes:
             out += [(f"{origin}:host", _set("host", c)),
@@ -719,13 +808,13 @@ class Tokens:
 def mixer_policy_text(case: Case, probes: Iterable[Probe], jwks: str) -> str:
     """The golden input, plus a RequestAuthentication trusting the test key for every issuer
     the probes use (Istio's proxy gets the same key in its jwt_authn filter)."""
-    text = (GOLDEN / case.input).read_text()
+    text = case.input_yaml()
     issuers = sorted({json.loads(p.claims)["iss"] for p in probes if p.claims})
     if not issuers:
         return text
     authn = {
         "apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
-        "metadata": {"name": "differential-test-jwt", "namespace": "foo"},
+        "metadata": {"name": "differential-test-jwt", "namespace": case.namespace},
         "spec": {"jwtRules": [{"issuer": iss, "jwks": jwks} for iss in issuers]},
     }
     return text.rstrip() + "\n---\n" + yaml.safe_dump(authn, sort_keys=False)
@@ -767,10 +856,17 @@ def _listener(name: str, port: int, pki: Pki, http_filters: list[Any],
     return {
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        # The PROXY header lets a loopback client present any source and destination address.
-        "listener_filters": [{"name": "envoy.filters.listener.proxy_protocol", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3"
-                     ".ProxyProtocol"}}],
+        # The PROXY header lets a loopback client present any source and destination address;
+        # tls_inspector records the SNI for RBAC's requested_server_name (Istio's inbound
+        # listeners have it too).
+        "listener_filters": [
+            {"name": "envoy.filters.listener.proxy_protocol", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol"
+                         ".v3.ProxyProtocol"}},
+            {"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector"
+                         ".v3.TlsInspector"}},
+        ],
         "filter_chains": [{
             "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
             "filters": [{"name": "envoy.filters.network.http_connection_manager",
@@ -843,21 +939,22 @@ class CasePorts:
 def envoy_config(admin_port: int, pki: Pki, tokens: Tokens,
                  cases: Sequence[tuple[Case, CasePorts]]) -> str:
     """One bootstrap with an istio/mixer listener pair per case."""
-    listeners, clusters = [], []
-    per_route = {"envoy.filters.http.ext_authz": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
-        "check_settings": {"context_extensions": WORKLOAD_EXTENSIONS},
-    }}
+    listeners, clusters = [], {}
     for case, ports in cases:
-        rbac = [yaml.safe_load((GOLDEN / out).read_text()) for out in case.outputs]
+        per_route = {"envoy.filters.http.ext_authz": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3"
+                     ".ExtAuthzPerRoute",
+            "check_settings": {"context_extensions": {**WORKLOAD_EXTENSIONS,
+                                                      "namespace": case.namespace}},
+        }}
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", case.name)
-        listeners.append(_listener(f"istio_{name}", ports.istio, pki,
-                                   [method_filter(), jwt_authn_filter(tokens.jwks), *rbac]))
-        cluster = f"authz_{name}"
+        listeners.append(_listener(f"istio_{name}", ports.istio, pki, [
+            method_filter(), jwt_authn_filter(tokens.jwks), *case.rbac_filters()]))
+        cluster = "authz_" + re.sub(r"[^A-Za-z0-9_.-]", "_", case.service)
         listeners.append(_listener(f"mixer_{name}", ports.mixer, pki,
                                    [method_filter(), *ext_authz_filters(cluster)],
                                    per_route))
-        clusters.append({
+        clusters[cluster] = {
             "name": cluster, "type": "STATIC", "connect_timeout": "1s",
             "typed_extension_protocol_options": {
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -867,11 +964,11 @@ def envoy_config(admin_port: int, pki: Pki, tokens: Tokens,
             "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": {"socket_address": {
                     "address": "127.0.0.1", "port_value": ports.grpc}}}}]}]},
-        })
+        }
     return yaml.safe_dump({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1",
                                                  "port_value": admin_port}}},
-        "static_resources": {"listeners": listeners, "clusters": clusters},
+        "static_resources": {"listeners": listeners, "clusters": list(clusters.values())},
     }, sort_keys=False)
 
 

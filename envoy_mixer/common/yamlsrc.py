@@ -9,7 +9,10 @@ side table ``path -> line``. A path is a tuple of mapping keys and sequence inde
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import gc
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,13 @@ _CONFIG_SUFFIXES = (".yaml", ".yml")
 
 @dataclass(frozen=True, slots=True)
 class SourceDoc:
-    """One YAML document: its plain value plus the line of every path inside it."""
+    """One YAML document: its plain value plus the line of every path inside it.
+
+    The line tables are filled on first need (``locate``): a config file is read far more often
+    than it is wrong, and a table entry per value of a 10,000-rule file would cost more time
+    and memory than everything else the load does. ``lines`` starts with the document's own
+    line, which is all a good load asks for.
+    """
 
     file: str
     data: Any
@@ -34,10 +43,21 @@ class SourceDoc:
     #: The line of each mapping key (``lines`` has the line of its value, which differs for
     #: block values): "unknown key" errors point here.
     key_lines: dict[PathKey, int] = field(default_factory=dict)
+    #: Rebuilds this document's node tree when a line deeper than the root is asked for.
+    locate: Callable[[], yaml.Node] | None = field(default=None, repr=False, compare=False)
+
+    def _complete(self) -> None:
+        locate = self.locate
+        if locate is None:
+            return
+        object.__setattr__(self, "locate", None)
+        _record_lines(locate(), (), self.lines, self.key_lines)
 
     def line_of(self, path: Sequence[str | int]) -> int | None:
         """The line of ``path``, or of its nearest ancestor that has one."""
         key = tuple(path)
+        if key and key not in self.lines:
+            self._complete()
         while True:
             if key in self.lines:
                 return self.lines[key]
@@ -47,6 +67,7 @@ class SourceDoc:
 
     def key_line_of(self, path: Sequence[str | int]) -> int | None:
         """The line of the key that ends ``path`` (falls back to ``line_of``)."""
+        self._complete()
         return self.key_lines.get(tuple(path)) or self.line_of(path)
 
     def error(
@@ -68,67 +89,153 @@ def field_name(path: Sequence[str | int]) -> str:
     return out
 
 
-def _build(
-    node: yaml.Node, path: PathKey, lines: dict[PathKey, int], file: str,
-    key_lines: dict[PathKey, int] | None = None,
-) -> Any:
-    lines[path] = node.start_mark.line + 1
+#: libyaml's parser and composer when PyYAML was built with it (several times faster on large
+#: files); the pure-Python ones otherwise. Both produce the same nodes and marks.
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: Scalar constructors by resolved tag (int, bool, null, float, str, timestamp...): these keep
+#: no state, so one constructor serves every scalar instead of a loader per value.
+_SCALARS = yaml.constructor.SafeConstructor()
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _scalar(node: yaml.Node) -> Any:
+    make = yaml.constructor.SafeConstructor.yaml_constructors.get(node.tag)
+    if make is None:  # an unknown tag: the full constructor raises its usual error
+        return yaml.SafeLoader("").construct_object(node, deep=True)
+    return make(_SCALARS, node)
+
+
+def _build(node: yaml.Node, path: PathKey, file: str) -> Any:
+    """The plain value of ``node``; paths are only built for error messages."""
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
+            if key_node.tag == _MERGE_TAG:
                 raise ConfigError(
                     "YAML merge keys (<<) are not supported",
                     file=file, line=key_node.start_mark.line + 1, field=field_name(path) or None,
                 )
-            key = _build(key_node, (*path, "<key>"), {}, file, None)
+            key = _build(key_node, path, file) if not isinstance(key_node, yaml.ScalarNode) \
+                else _scalar(key_node)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise ConfigError(
                     "mapping keys must be scalars",
                     file=file, line=key_node.start_mark.line + 1, field=field_name(path) or None,
                 )
-            child = (*path, key if isinstance(key, (str, int)) else str(key))
             if key in result:
+                child = (*path, key if isinstance(key, (str, int)) else str(key))
                 raise ConfigError(
                     f"duplicate key '{key}'",
                     file=file, line=key_node.start_mark.line + 1, field=field_name(child),
                 )
-            if key_lines is not None:
-                key_lines[child] = key_node.start_mark.line + 1
-            result[key] = _build(value_node, child, lines, file, key_lines)
+            if isinstance(value_node, yaml.ScalarNode):
+                result[key] = _scalar(value_node)
+            else:
+                result[key] = _build(
+                    value_node, (*path, key if isinstance(key, (str, int)) else str(key)), file)
         return result
     if isinstance(node, yaml.SequenceNode):
         return [
-            _build(item, (*path, i), lines, file, key_lines) for i, item in enumerate(node.value)
+            _scalar(item) if isinstance(item, yaml.ScalarNode) else _build(item, (*path, i), file)
+            for i, item in enumerate(node.value)
         ]
-    # Scalars: let the safe constructor resolve ints, bools, nulls, floats and strings.
-    constructor = yaml.SafeLoader("")
-    return constructor.construct_object(node, deep=True)
+    # Scalars: the safe constructors resolve ints, bools, nulls, floats and strings.
+    return _scalar(node)
 
 
-def load_documents(text: str, file: str) -> list[SourceDoc]:
-    """Parse every document of a YAML stream; empty documents are skipped."""
+def _record_lines(node: yaml.Node, path: PathKey, lines: dict[PathKey, int],
+                  key_lines: dict[PathKey, int]) -> None:
+    """Fill the line tables of a document already built by ``_build`` (so it is valid)."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = _scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            child = (*path, key if isinstance(key, (str, int)) else str(key))
+            key_lines[child] = key_node.start_mark.line + 1
+            _record_lines(value_node, child, lines, key_lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _record_lines(item, (*path, i), lines, key_lines)
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Suspend the cyclic garbage collector while a large config is built.
+
+    Building a config allocates hundreds of thousands of objects and frees almost none, which
+    is the worst case for the generational collector: it re-scans the growing heap over and
+    over (measured: two thirds of a 10,000-rule load). Reference counting still frees
+    everything acyclic meanwhile; the collector resumes (if it was on) when the outermost
+    pause ends, even across threads.
+    """
+    global _pauses, _was_enabled
+    with _gc_lock:
+        if _pauses == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _pauses += 1
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        yield
+    finally:
+        with _gc_lock:
+            _pauses -= 1
+            if _pauses == 0 and _was_enabled:
+                gc.enable()
+
+
+_gc_lock = threading.Lock()
+_pauses = 0
+_was_enabled = True
+
+
+def _compose(text: str, file: str) -> Iterator[yaml.Node | None]:
+    """The documents' node trees one at a time (only one tree is alive at once)."""
+    try:
+        try:
+            yield from yaml.compose_all(text, Loader=_Loader)
+        except yaml.YAMLError:
+            if _Loader is yaml.SafeLoader:
+                raise
+            # libyaml words its errors differently: the pure-Python parser finds the same
+            # error and says it the way our messages (and users' scripts) expect.
+            for _ in yaml.compose_all(text, Loader=yaml.SafeLoader):
+                pass
+            raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         raise ConfigError(f"invalid YAML: {exc.problem or exc}", file=file, line=line) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file=file) from exc
-    docs = []
-    for index, node in enumerate(nodes):
-        if node is None:
-            continue
-        lines: dict[PathKey, int] = {}
-        key_lines: dict[PathKey, int] = {}
-        data = _build(node, (), lines, file, key_lines)
-        if data is None:
-            continue
-        docs.append(
-            SourceDoc(file=file, data=data, lines=lines, index=index, key_lines=key_lines)
-        )
+
+
+def load_documents(text: str, file: str) -> list[SourceDoc]:
+    """Parse every document of a YAML stream; empty documents are skipped.
+
+    A syntax error anywhere fails the whole stream, as before any document is returned.
+    """
+    with paused_gc():
+        docs = []
+        for index, node in enumerate(_compose(text, file)):
+            if node is None:
+                continue
+            data = _build(node, (), file)
+            if data is None:
+                continue
+            docs.append(SourceDoc(
+                file=file, data=data, lines={(): node.start_mark.line + 1}, index=index,
+                locate=_locator(text, file, index),
+            ))
     return docs
+
+
+def _locator(text: str, file: str, index: int) -> Callable[[], yaml.Node]:
+    def locate() -> yaml.Node:
+        for at, node in enumerate(_compose(text, file)):
+            if at == index and node is not None:
+                return node
+        raise AssertionError("the same text composed to this document before")
+    return locate
 
 
 def load_file(path: Path, display_name: str | None = None) -> list[SourceDoc]:

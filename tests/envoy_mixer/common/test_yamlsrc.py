@@ -108,3 +108,11 @@ def test_pydantic_errors_map_to_lines() -> None:
     texts = [str(e) for e in err.errors]
     assert any(t.endswith("(line 3, field limit.requests_per_unit)") for t in texts)
     assert "l.yaml: unknown key 'extra' (line 4, field limit.extra)" in texts
+
+
+def test_lines_of_a_later_document_are_found_on_demand() -> None:
+    """Line tables of any document of a stream are complete when an error asks for them."""
+    docs = load_documents("a: 1\n---\nb:\n  c:\n    - d: 2\n", "s.yaml")
+    assert docs[1].line_of(()) == 3
+    assert docs[1].line_of(("b", "c", 0, "d")) == 5
+    assert docs[1].key_line_of(("b", "c")) == 4

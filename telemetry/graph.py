@@ -11,11 +11,11 @@ Time is cut into ``window / 12`` buckets; the window slides one bucket at a time
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from envoy_mixer.common.clock import Clock, wall
 from telemetry.identity import UNKNOWN
 from telemetry.labels import ISTIO_LABELS
 
@@ -82,7 +82,7 @@ class ServiceGraph:
     """Windowed edge statistics fed by the recorder's label values."""
 
     def __init__(
-        self, window_seconds: float = 60.0, *, clock: Callable[[], float] = time.time
+        self, window_seconds: float = 60.0, *, clock: Clock = wall
     ) -> None:
         self._clock = clock
         self._edges: dict[tuple[str, str, str, str], list[_Slot]] = {}

@@ -6,11 +6,9 @@ code: no gRPC, no protobuf, clocks injected.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from prometheus_client import CollectorRegistry
 
+from envoy_mixer.common.clock import Clock, monotonic, wall
 from telemetry.accesslog import AccessLogWriter
 from telemetry.config import TelemetryConfig
 from telemetry.entries import HttpEntry, TcpEntry
@@ -27,8 +25,8 @@ class Pipeline:
         config: TelemetryConfig,
         registry: CollectorRegistry | None = None,
         *,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Clock = monotonic,
+        wall_clock: Clock = wall,
     ) -> None:
         self.recorder = Recorder(config, registry, clock=clock)
         self.graph = ServiceGraph(config.graph_window_seconds, clock=wall_clock)

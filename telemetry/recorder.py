@@ -13,9 +13,8 @@ keeps on ``/metrics``.
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -28,6 +27,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from envoy_mixer.common.clock import Clock, monotonic
 from telemetry.config import LabelSource, MetricKind, MetricSpec, TelemetryConfig
 from telemetry.entries import HttpEntry, TcpEntry, TcpEvent
 from telemetry.identity import UNKNOWN, NodeIdentity, PeerDirectory
@@ -182,7 +182,7 @@ class Recorder:
         config: TelemetryConfig,
         registry: CollectorRegistry | None = None,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = monotonic,
     ) -> None:
         self._clock = clock
         self.stores: dict[str, MetricStore] = {}

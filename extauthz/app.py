@@ -13,7 +13,7 @@ from envoy_mixer.runtime.reload import Reloader
 from envoy_mixer.runtime.service import Service
 from extauthz.jwt import Authenticator, JwksCache
 from extauthz.metrics import AuthzMetrics
-from extauthz.output_headers import DEFAULT_MAX_HEADER_BYTES
+from extauthz.output_headers import DEFAULT_MAX_HEADERS_COUNT, DEFAULT_MAX_REQUEST_HEADERS_KB
 from extauthz.policy import PolicySet, load_policies
 from extauthz.server import SERVICE_NAME, AuthorizationServicer, add_to_server
 from extauthz.trustdomain import TrustDomains
@@ -29,7 +29,8 @@ def build_service(
     registry: CollectorRegistry | None = None,
     reload_interval: float = 0.5,
     trust_domains: TrustDomains | None = None,
-    max_output_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    max_request_headers_kb: int = DEFAULT_MAX_REQUEST_HEADERS_KB,
+    max_headers_count: int = DEFAULT_MAX_HEADERS_COUNT,
 ) -> Service:
     """Everything ``envoy_mixer.runtime.service.run``/``start`` needs to serve ext_authz."""
     registry = registry or CollectorRegistry()
@@ -59,7 +60,8 @@ def build_service(
     )
     servicer = AuthorizationServicer(snapshot, metrics, Authenticator(cache),
                                      trusted_proxies=trusted_proxies,
-                                     max_output_header_bytes=max_output_header_bytes)
+                                     max_request_headers_kb=max_request_headers_kb,
+                                     max_headers_count=max_headers_count)
     return Service(
         name="authz",
         grpc_services=[SERVICE_NAME],

@@ -6,10 +6,14 @@ header of every RequestAuthentication that applies to the workload is removed fr
 request before the app sees it: with no token, with a token lacking the claim, and with a valid
 token (the value set from the claim then overwrites the client's lines, never appends to them).
 
-A header whose value would not fit Envoy's header limits (Envoy refuses the whole request with
-a bare 500 when an authorization answer pushes the request over ``max_request_headers_kb``) is
-left out instead, so the request goes on without it; ``within_limit`` reports what was left out,
-for the servicer to log and count.
+Envoy checks the request after applying an authorization answer: when its headers exceed
+the HTTP connection manager's ``max_request_headers_kb`` (default 60 KiB) or
+``max_headers_count`` (default 100), the whole request fails with a bare 500
+(``ext_authz_invalid``). Measured on Envoy 1.40, the bytes of a header the answer removes (the
+token itself) still count in that check. So output headers are fitted into what the incoming
+request leaves of those limits, in order; one that does not fit is left out (and still removed
+from the client's request), the rest go on, and the request is allowed with the claims that
+fit. ``fit`` reports what was left out, for the servicer to log and count.
 
 Pure: reads the compiled ``JwtRule`` objects of a ``WorkloadView`` (``view.jwt_rules``) and
 plain tuples; no gRPC, no Envoy types.
@@ -17,17 +21,17 @@ plain tuples; no gRPC, no Envoy types.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from extauthz.jwt import JwtRule
 
-__all__ = ["DEFAULT_MAX_HEADER_BYTES", "OutputHeaderNames", "output_header_names",
-           "strip_list", "within_limit"]
+__all__ = ["DEFAULT_MAX_HEADERS_COUNT", "DEFAULT_MAX_REQUEST_HEADERS_KB", "OutputHeaderNames",
+           "fit", "header_bytes", "output_header_names", "strip_list"]
 
-#: Largest output header (name + value) forwarded. Envoy's default request header budget
-#: (``max_request_headers_kb``) is 60 KiB for the whole request; 16 KiB leaves room for the
-#: client's own headers and for a few claim headers beside one payload header.
-DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+#: Envoy's defaults (HttpConnectionManager ``max_request_headers_kb``,
+#: ``common_http_protocol_options.max_headers_count``): set ours to match a changed Envoy.
+DEFAULT_MAX_REQUEST_HEADERS_KB = 60
+DEFAULT_MAX_HEADERS_COUNT = 100
 
 
 def output_header_names(rules: Sequence[JwtRule]) -> tuple[str, ...]:
@@ -83,16 +87,30 @@ def strip_list(names: Sequence[str], headers_to_add: Sequence[tuple[str, str]],
     return tuple(out)
 
 
-def within_limit(
-    headers_to_add: Sequence[tuple[str, str]], max_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+def header_bytes(headers: Mapping[str, str]) -> int:
+    """Bytes of a header map as Envoy counts them (name + value per header, no separators)."""
+    return sum(len(name) + len(value.encode("utf-8", "surrogatepass"))
+               for name, value in headers.items())
+
+
+def fit(
+    headers_to_add: Sequence[tuple[str, str]], *, used_bytes: int, used_count: int,
+    max_bytes: int = DEFAULT_MAX_REQUEST_HEADERS_KB * 1024,
+    max_count: int = DEFAULT_MAX_HEADERS_COUNT,
 ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, int], ...]]:
-    """(headers that fit, (name, size) of each left out): a header fits when name + value do."""
+    """(headers that fit, (name, size) of each left out), adding in order while both limits hold.
+
+    ``used_bytes``/``used_count`` describe the incoming request; a header that does not fit is
+    skipped and the following, smaller ones may still fit.
+    """
     kept: list[tuple[str, str]] = []
     dropped: list[tuple[str, int]] = []
     for name, value in headers_to_add:
         size = len(name) + len(value.encode("utf-8", "surrogatepass"))
-        if size > max_bytes:
+        if used_bytes + size > max_bytes or used_count + 1 > max_count:
             dropped.append((name, size))
         else:
             kept.append((name, value))
+            used_bytes += size
+            used_count += 1
     return tuple(kept), tuple(dropped)

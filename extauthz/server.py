@@ -34,10 +34,12 @@ from extauthz.engine import Decision, decide
 from extauthz.jwt import NO_TOKEN, Authenticator
 from extauthz.metrics import AuthzMetrics
 from extauthz.output_headers import (
-    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADERS_COUNT,
+    DEFAULT_MAX_REQUEST_HEADERS_KB,
     OutputHeaderNames,
+    fit,
+    header_bytes,
     strip_list,
-    within_limit,
 )
 from extauthz.peercert import NO_NAMES, CertificateCache
 from extauthz.policy import PolicySet, WorkloadView
@@ -212,13 +214,16 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         authenticator: Authenticator | None = None,
         *,
         trusted_proxies: int = 0,
-        max_output_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_request_headers_kb: int = DEFAULT_MAX_REQUEST_HEADERS_KB,
+        max_headers_count: int = DEFAULT_MAX_HEADERS_COUNT,
     ) -> None:
         self.snapshot = snapshot
         self.metrics = metrics
         self.authenticator = authenticator or Authenticator()
         self.trusted_proxies = trusted_proxies
-        self.max_output_header_bytes = max_output_header_bytes
+        #: Envoy's request header limits, which the JWT output headers must stay within.
+        self.max_request_headers_kb = max_request_headers_kb
+        self.max_headers_count = max_headers_count
         self._responses = _ResponseCache()
         self._certificates = CertificateCache()
         self._output_names = OutputHeaderNames()
@@ -266,14 +271,23 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         return response
 
     def _bounded(self, decision: Decision, req: AuthzRequest) -> Decision:
-        """The decision without output headers too large for Envoy (each logged and counted)."""
-        kept, dropped = within_limit(decision.headers_to_add, self.max_output_header_bytes)
+        """The decision without the output headers Envoy's limits leave no room for.
+
+        Each one left out is logged and counted; the request still goes on without it.
+        """
+        headers = req.headers
+        extra_lines = sum(len(lines) - 1 for lines in req.header_lines.values())
+        max_bytes = self.max_request_headers_kb * 1024
+        kept, dropped = fit(decision.headers_to_add, used_bytes=header_bytes(headers),
+                            used_count=len(headers) + extra_lines, max_bytes=max_bytes,
+                            max_count=self.max_headers_count)
         if not dropped:
             return decision
         for name, size in dropped:
             self.metrics.count_dropped_header()
             log_event(_log, "authz_output_header_dropped", logging.WARNING, header=name,
-                      bytes=size, limit=self.max_output_header_bytes,
+                      bytes=size, max_request_headers_kb=self.max_request_headers_kb,
+                      max_headers_count=self.max_headers_count,
                       request_id=req.request_id, request_principal=decision.principal)
         return replace(decision, headers_to_add=kept)
 

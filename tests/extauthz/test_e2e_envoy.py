@@ -54,9 +54,11 @@ spec:
   jwtRules:
   - issuer: ISSUER
     jwks: JWKS
+    outputPayloadToHeader: x-jwt-payload
     outputClaimToHeaders:
     - {header: x-jwt-sub, claim: sub}
     - {header: x-jwt-team, claim: org.team}
+    - {header: x-jwt-role, claim: role}
 """
 
 
@@ -79,11 +81,17 @@ class Mesh:
         self.port = port
         self.authz = authz
 
-    def _get(self, path: str, headers: dict[str, str]) -> tuple[int, str, dict[str, str]]:
+    def _get(self, path: str, headers: dict[str, str] | list[tuple[str, str]],
+             ) -> tuple[int, str, dict[str, str]]:
         # http.client sends the request target exactly as given (no client-side cleanup).
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
-            conn.request("GET", path, headers={"host": "httpbin.foo", **headers})
+            # A list of pairs sends a repeated name as separate lines.
+            lines = headers.items() if isinstance(headers, dict) else headers
+            conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+            for name, value in [("host", "httpbin.foo"), *lines]:
+                conn.putheader(name, value)
+            conn.endheaders()
             resp = conn.getresponse()
             return resp.status, resp.read().decode(), dict(resp.getheaders())
         finally:
@@ -92,6 +100,11 @@ class Mesh:
     async def get(self, path: str, **headers: str) -> tuple[int, str, dict[str, str]]:
         """GET ``path`` through Envoy."""
         return await asyncio.to_thread(self._get, path, headers)
+
+    async def get_lines(self, path: str, lines: list[tuple[str, str]],
+                        ) -> tuple[int, str, dict[str, str]]:
+        """GET ``path`` with these header lines (names may repeat)."""
+        return await asyncio.to_thread(self._get, path, lines)
 
 
 @pytest.fixture
@@ -106,9 +119,8 @@ async def mesh(tmp_path: Path, signer: Any, start_envoy: Callable[..., Any],
     app.router.add_route("*", "/{tail:.*}", echo)
     runner = web.AppRunner(app)
     await runner.setup()
-    upstream = web.TCPSite(runner, "127.0.0.1", 0)
-    await upstream.start()
-    upstream_port = upstream._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    upstream_port = runner.addresses[0][1]
 
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.replace("ISSUER", signer.issuer)
@@ -171,3 +183,46 @@ async def test_allow_deny_jwt_and_bypass_attempts(mesh: Mesh, signer: Any) -> No
     assert status == 503  # service down: fail closed (status_on_error), not allowed
     status, _, _ = await mesh.get("/healthz/ready")
     assert status == 200  # ext_authz disabled on the health route
+
+
+def _seen(body: str) -> dict[str, str]:
+    """The request headers the echo upstream received, names lower-cased."""
+    return {k.lower(): v for k, v in json.loads(body)["headers"].items()}
+
+
+@pytest.mark.slow
+async def test_forged_jwt_output_headers_never_reach_the_app(mesh: Mesh, signer: Any) -> None:
+    """Client-sent output headers are removed without a token, without the claim, and replaced."""
+    forged = [("x-jwt-role", "admin"), ("x-jwt-role", "root"), ("x-jwt-payload", "e30"),
+              ("x-jwt-sub", "mallory")]
+    status, body, _ = await mesh.get_lines("/get", forged)
+    assert status == 200
+    assert not {"x-jwt-role", "x-jwt-payload", "x-jwt-sub"} & _seen(body).keys()
+
+    no_role = signer.token()
+    status, body, _ = await mesh.get_lines(
+        "/get", [*forged, ("authorization", f"Bearer {no_role}")])
+    seen = _seen(body)
+    assert status == 200 and "x-jwt-role" not in seen
+    assert (seen["x-jwt-sub"], seen["x-jwt-payload"]) == ("alice", no_role.split(".")[1])
+
+    with_role = signer.token(role="viewer")
+    status, body, _ = await mesh.get_lines(
+        "/get", [*forged, ("authorization", f"Bearer {with_role}")])
+    assert status == 200 and _seen(body)["x-jwt-role"] == "viewer"  # one line: the claim's
+
+
+@pytest.mark.slow
+async def test_large_token_is_answered_without_its_payload_header(mesh: Mesh,
+                                                                  signer: Any) -> None:
+    """A valid 40 KB token passes; the oversized payload header is left out, the claims kept."""
+    token = signer.token(role="viewer", blob="b" * 30_000)
+    assert len(token) > 40_000
+    status, body, _ = await mesh.get_lines(
+        "/get", [("x-jwt-payload", "forged"), ("authorization", f"Bearer {token}")])
+    seen = _seen(body)
+    assert status == 200
+    assert "x-jwt-payload" not in seen and "authorization" not in seen
+    assert (seen["x-jwt-sub"], seen["x-jwt-role"]) == ("alice", "viewer")
+    assert mesh.authz.service.registry.get_sample_value(
+        "mixer_authz_output_headers_dropped_total") == 1

@@ -5,9 +5,10 @@ from __future__ import annotations
 from extauthz.jwt import JwtRule
 from extauthz.output_headers import (
     OutputHeaderNames,
+    fit,
+    header_bytes,
     output_header_names,
     strip_list,
-    within_limit,
 )
 
 
@@ -38,8 +39,16 @@ def test_strip_list_keeps_the_token_removal_and_skips_set_headers() -> None:
     assert strip_list(("x-a",), (), ()) == ("x-a",)
 
 
-def test_within_limit_counts_name_and_utf8_value() -> None:
-    """A header fits when its name plus UTF-8 value fit; larger ones are reported with size."""
-    kept, dropped = within_limit((("x-a", "é" * 3), ("x-b", "b" * 10)), max_bytes=9)
-    assert kept == (("x-a", "é" * 3),)
-    assert dropped == (("x-b", 13),)
+def test_fit_adds_in_order_while_the_request_stays_within_both_limits() -> None:
+    """A header that would pass the byte budget is skipped; a later, smaller one still fits."""
+    headers = (("x-p", "p" * 50), ("x-a", "é" * 3), ("x-b", "b"))
+    kept, dropped = fit(headers, used_bytes=90, used_count=1, max_bytes=100)
+    assert kept == (("x-a", "é" * 3),)  # 3 + 6 bytes: 99
+    assert dropped == (("x-p", 53), ("x-b", 4))
+    kept, dropped = fit(headers, used_bytes=0, used_count=98, max_count=100)
+    assert [name for name, _ in kept] == ["x-p", "x-a"] and dropped == (("x-b", 4),)
+
+
+def test_header_bytes_counts_names_and_utf8_values() -> None:
+    """Envoy's byte size of a header map: name plus value bytes of each header."""
+    assert header_bytes({"ab": "cd", "x": "é"}) == 4 + 3

@@ -1,0 +1,172 @@
+"""The ADS servicer (``StreamAggregatedResources``, SotW): gRPC in, :mod:`.protocol` inside.
+
+Each stream remembers the node from its first request (Envoy sends it only once with
+``set_node_on_first_message_only``), checks who the peer is (:mod:`.identity`), subscribes to
+its proxy's snapshot in the :class:`~controlplane.xds.cache.SnapshotCache` and then answers
+requests and snapshot changes in the order they arrive. Requests are read by a separate task
+into the same queue as the snapshot notifications, so a push never waits for Envoy to speak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from controlplane.ca.identity import SpiffeId
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.identity import IdentityError, NodeId, authorize, peer_spiffe_ids
+from controlplane.xds.protocol import Reply, StreamProtocol
+from controlplane.xds.status import StatusBoard
+from controlplane.xds.types import SHORT
+from envoy_mixer.common.logs import log_event
+
+__all__ = ["AdsServer", "XdsMetrics"]
+
+_log = logging.getLogger("controlplane.xds.server")
+_streams = itertools.count(1)
+
+#: The identity the mesh assigns to a claimed workload (None: no such workload).
+Expected = Callable[[NodeId], SpiffeId | None]
+
+
+class XdsMetrics:
+    """The control plane's counters (registry injected)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.pushes = Counter("mixer_pilot_xds_pushes", "DiscoveryResponses sent, by type.",
+                              ["type"], registry=registry)
+        self.acks = Counter("mixer_pilot_xds_acks", "ACKs received, by type.", ["type"],
+                            registry=registry)
+        self.nacks = Counter("mixer_pilot_xds_nacks", "NACKs received, by type.", ["type"],
+                             registry=registry)
+        self.rejected = Counter("mixer_pilot_identity_rejected",
+                                "xDS streams refused because of the peer's identity, by reason.",
+                                ["reason"], registry=registry)
+        self.connected = Gauge("mixer_pilot_connected_proxies", "Open ADS streams.",
+                               registry=registry)
+
+
+@dataclass
+class _Event:
+    request: DiscoveryRequest | None = None
+    snapshot_changed: bool = False
+    ended: bool = False
+
+
+class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    """Serves each proxy the snapshot of the workload it proved to be.
+
+    ``expected`` None runs without identities (plaintext, development and benchmarks): every
+    node is served its configuration but never a secret.
+    """
+
+    def __init__(self, cache: SnapshotCache, status: StatusBoard, metrics: XdsMetrics,
+                 expected: Expected | None) -> None:
+        self.cache = cache
+        self.status = status
+        self.metrics = metrics
+        self.expected = expected
+
+    async def StreamAggregatedResources(
+        self, request_iterator: AsyncIterator[DiscoveryRequest], context: Any,
+    ) -> AsyncIterator[DiscoveryResponse]:
+        """One Envoy's ADS stream."""
+        stream_id = next(_streams)
+        queue: asyncio.Queue[_Event] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    queue.put_nowait(_Event(request=request))
+            except (asyncio.CancelledError, grpc.RpcError):
+                pass
+            finally:
+                queue.put_nowait(_Event(ended=True))
+
+        reader = asyncio.create_task(read())
+        unsubscribe: Callable[[], None] | None = None
+        key = ""
+        try:
+            first = await queue.get()
+            if first.request is None:
+                return
+            node = self._identify(first.request, context)
+            if node is None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    "the peer's identity does not match its node")
+                return
+            node_id, identity = node
+            key = node_id.key
+            protocol = StreamProtocol(allow_secrets=self.expected is not None)
+            self.status.connected(key, node_id.render(), identity, stream_id)
+            self.metrics.connected.inc()
+            log_event(_log, "xds_connected", proxy=key, node_id=node_id.render(),
+                      identity=identity, stream=stream_id)
+            unsubscribe = self.cache.subscribe(
+                key, lambda _k: queue.put_nowait(_Event(snapshot_changed=True)))
+            event: _Event | None = first
+            while event is not None and not event.ended:
+                if event.request is not None:
+                    reply = protocol.on_request(event.request, self.cache.get(key))
+                    self._record(key, reply)
+                    responses = reply.responses
+                else:
+                    snapshot = self.cache.get(key)
+                    responses = protocol.on_snapshot(snapshot) if snapshot else ()
+                for response in responses:
+                    self.status.sent(key, response.type_url, response.version_info,
+                                     response.nonce)
+                    self.metrics.pushes.labels(SHORT[response.type_url]).inc()
+                    yield response
+                event = await queue.get()
+        finally:
+            reader.cancel()
+            if unsubscribe is not None:
+                unsubscribe()
+                self.metrics.connected.dec()
+                self.status.disconnected(key, stream_id)
+                log_event(_log, "xds_disconnected", proxy=key, stream=stream_id)
+
+    def _identify(self, request: DiscoveryRequest, context: Any) -> tuple[NodeId, str] | None:
+        """The node of the first request and the identity it is served as (None: refuse)."""
+        try:
+            node = NodeId.parse(request.node.id)
+            if self.expected is None:
+                return node, ""
+            peers = peer_spiffe_ids(context.auth_context())
+            return node, authorize(node, peers, self.expected).uri
+        except IdentityError as exc:
+            self.metrics.rejected.labels(exc.reason).inc()
+            log_event(_log, "xds_identity_rejected", logging.WARNING, reason=exc.reason,
+                      error=str(exc), node_id=request.node.id, peer=str(context.peer()))
+            return None
+
+    def _record(self, key: str, reply: Reply) -> None:
+        short = SHORT.get(reply.type_url, reply.type_url)
+        if reply.meaning == "ack":
+            self.status.acked(key, reply.type_url, reply.version, reply.nonce)
+            self.metrics.acks.labels(short).inc()
+        elif reply.meaning == "nack":
+            self.status.nacked(key, reply.type_url, reply.nonce, reply.error)
+            self.metrics.nacks.labels(short).inc()
+            log_event(_log, "xds_nack", logging.WARNING, proxy=key, type=short,
+                      kept_version=reply.version, nonce=reply.nonce, error=reply.error)
+        elif reply.meaning == "stale":
+            log_event(_log, "xds_stale_nonce_ignored", logging.DEBUG, proxy=key, type=short,
+                      nonce=reply.nonce)
+        elif reply.meaning == "unknown_type":
+            log_event(_log, "xds_unknown_type", logging.WARNING, proxy=key, type=reply.type_url)
+
+
+def register(server: grpc.aio.Server, servicer: AdsServer) -> None:
+    """Add the ADS servicer to ``server``."""
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)

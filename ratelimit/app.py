@@ -15,6 +15,7 @@ from envoy_mixer.common.errors import ConfigError
 from envoy_mixer.common.snapshot import Snapshot
 from envoy_mixer.runtime.reload import Reloader
 from envoy_mixer.runtime.service import Service
+from envoy_mixer.runtime.settings import SettingError
 from ratelimit.backends import Backend, create_backend
 from ratelimit.config import DescriptorNode, RateLimitConfig, load_config
 from ratelimit.limiter import Limiter, LimiterSettings
@@ -59,7 +60,10 @@ class RateLimitApp:
 
 
 def build(settings: RateLimitSettings, registry: CollectorRegistry | None = None) -> RateLimitApp:
-    """Build the service (nothing starts until ``envoy_mixer.runtime.service.start``/``run``)."""
+    """Build the service (nothing starts until ``envoy_mixer.runtime.serve.serve``/``start``).
+
+    Raises ``SettingError`` for a backend setting (Redis URL, mode, TLS option) it cannot use.
+    """
     registry = registry or CollectorRegistry()
     metrics = RateLimitMetrics(registry)
     snapshot: Snapshot[RateLimitConfig] = Snapshot()
@@ -77,13 +81,18 @@ def build(settings: RateLimitSettings, registry: CollectorRegistry | None = None
         service="ratelimit", paths=[settings.config], load=load, snapshot=snapshot,
         registry=registry, interval=settings.reload_interval,
     )
-    backend = create_backend(
-        settings.backend, redis_url=settings.redis_url, redis_mode=settings.redis_mode,
-        redis_timeout=settings.redis_timeout, redis_pool_size=settings.redis_pool_size,
-        redis_prefix=settings.redis_prefix, expiration_jitter=settings.expiration_jitter,
-        per_second_url=settings.per_second_url, per_second_mode=settings.per_second_mode,
-        per_second_pool_size=settings.per_second_pool_size,
-    )
+    try:
+        backend = create_backend(
+            settings.backend, redis_url=settings.redis_url, redis_mode=settings.redis_mode,
+            redis_timeout=settings.redis_timeout, redis_pool_size=settings.redis_pool_size,
+            redis_prefix=settings.redis_prefix, expiration_jitter=settings.expiration_jitter,
+            per_second_url=settings.per_second_url, per_second_mode=settings.per_second_mode,
+            per_second_pool_size=settings.per_second_pool_size,
+        )
+    except ValueError as exc:
+        # A URL, mode or TLS option the backend rejects is a bad setting: serve() prints one
+        # line and exits 2. Only the backend's construction is covered, not its use.
+        raise SettingError(str(exc)) from exc
     servicer = RateLimitServicer(Limiter(backend, settings.limiter), snapshot, metrics)
 
     def describe() -> dict[str, Any]:

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from envoy_mixer.common.logs import configure_logging
 from envoy_mixer.runtime.settings import ServerSettings, add_server_arguments
 
 SERVICE = "ratelimit"
@@ -106,6 +104,16 @@ def _reference_redis(env: _Env, prefix: str, default_url: str | None) -> str | N
     )
 
 
+def _reference_int(parser: argparse.ArgumentParser, env: _Env, name: str) -> int:
+    """The reference's integer variable ``name`` (0 if unset); a bad value is a usage error."""
+    text = env.environ.get(name, "").strip()
+    try:
+        return int(text or 0)
+    except ValueError:
+        # Not a flag's default, so argparse cannot check it: fail the same way it would.
+        parser.error(f"{name}={text!r}: expected an integer")
+
+
 def add_arguments(parser: argparse.ArgumentParser,
                   environ: Mapping[str, str] | None = None) -> None:
     """Every flag of the rate limit service, defaults read from ``environ`` (os.environ)."""
@@ -139,13 +147,13 @@ def add_arguments(parser: argparse.ArgumentParser,
         help="single node, Sentinel (URL lists sentinels, path names the master) or Cluster",
     )
     parser.add_argument(
-        "--redis-timeout", type=float, default=float(env.get("redis-timeout", "0.25") or 0.25),
+        "--redis-timeout", type=float, default=env.get("redis-timeout", "0.25") or "0.25",
         metavar="SECONDS",
         help="bound on each Redis call; past it the call answers UNAVAILABLE (default 0.25)",
     )
     parser.add_argument(
         "--redis-pool-size", type=int,
-        default=int(env.get("redis-pool-size", "4", "REDIS_POOL_SIZE") or 4),
+        default=env.get("redis-pool-size", "4", "REDIS_POOL_SIZE") or "4",
         help="Redis connections = script calls in flight; calls arriving meanwhile are batched "
         "into the next one (default 4)",
     )
@@ -174,12 +182,12 @@ def add_arguments(parser: argparse.ArgumentParser,
     )
     parser.add_argument(
         "--redis-per-second-pool-size", type=int,
-        default=int(env.get("redis-per-second-pool-size", "4", "REDIS_PERSECOND_POOL_SIZE") or 4),
+        default=env.get("redis-per-second-pool-size", "4", "REDIS_PERSECOND_POOL_SIZE") or "4",
         help="connections to the per-second Redis (default 4)",
     )
     parser.add_argument(
         "--expiration-jitter", type=int, metavar="SECONDS",
-        default=int(env.get("expiration-jitter", "0", "EXPIRATION_JITTER_MAX_SECONDS") or 0),
+        default=env.get("expiration-jitter", "0", "EXPIRATION_JITTER_MAX_SECONDS") or "0",
         help="add 0..N-1 random seconds to each Redis key's expiry (default 0; the reference "
         "defaults EXPIRATION_JITTER_MAX_SECONDS to 300)",
     )
@@ -223,10 +231,10 @@ def add_arguments(parser: argparse.ArgumentParser,
                             help=f"header name for --response-headers (default {default})")
     parser.add_argument(
         "--near-limit-ratio", type=float,
-        default=float(env.get("near-limit-ratio", "0.8", "NEAR_LIMIT_RATIO") or 0.8),
+        default=env.get("near-limit-ratio", "0.8", "NEAR_LIMIT_RATIO") or "0.8",
         help="share of a limit above which hits count as near_limit (default 0.8)",
     )
-    cache_bytes = int(env.environ.get("LOCAL_CACHE_SIZE_IN_BYTES", "0") or 0)
+    cache_bytes = _reference_int(parser, env, "LOCAL_CACHE_SIZE_IN_BYTES")
     ours = env.ours("local-cache")
     parser.add_argument(
         "--local-cache", action=argparse.BooleanOptionalAction,
@@ -236,13 +244,13 @@ def add_arguments(parser: argparse.ArgumentParser,
     )
     parser.add_argument(
         "--local-cache-entries", type=int,
-        default=int(env.get("local-cache-entries", None)
-                    or (max(1, cache_bytes // LOCAL_CACHE_ENTRY_BYTES) if cache_bytes else 50_000)),
+        default=env.get("local-cache-entries", None)
+        or str(max(1, cache_bytes // LOCAL_CACHE_ENTRY_BYTES) if cache_bytes else 50_000),
         help="most keys the local cache holds (default 50000, or "
         f"LOCAL_CACHE_SIZE_IN_BYTES / {LOCAL_CACHE_ENTRY_BYTES})",
     )
     parser.add_argument(
-        "--reload-interval", type=float, default=float(env.get("reload-interval", "0.5") or 0.5),
+        "--reload-interval", type=float, default=env.get("reload-interval", "0.5") or "0.5",
         metavar="SECONDS", help="how often the config PATH is polled for changes",
     )
 
@@ -282,36 +290,19 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-class _BadSetting(Exception):
-    """A flag value the backend rejected while the service was being built."""
-
-
 def run_command(args: argparse.Namespace) -> int:
-    """Run the service until SIGTERM/SIGINT; returns the exit code."""
-    from envoy_mixer.runtime.service import Service, run
+    """Run the service until SIGTERM/SIGINT; returns the exit code (2 for a bad setting)."""
+    from envoy_mixer.runtime.serve import serve, usage_error
     from ratelimit.app import build
 
-    configure_logging(args.log_level)
     if args.backend == "redis" and not args.redis_url:
-        print("mixer ratelimit: --backend redis needs --redis-url (or MIXER_RATELIMIT_REDIS_URL)",
-              file=sys.stderr)
-        return 2
+        return usage_error("mixer ratelimit",
+                           "--backend redis needs --redis-url (or MIXER_RATELIMIT_REDIS_URL)")
     settings = settings_from_args(args)
-    server = ServerSettings.from_args(SERVICE, args)
-
-    def build_service() -> Service:
-        # The backend is built inside the event loop; a bad --redis-url (scheme, TLS options,
-        # mode) surfaces there as ValueError and must end in one line, not a traceback.
-        try:
-            return build(settings).service
-        except ValueError as exc:
-            raise _BadSetting(str(exc)) from exc
-
-    try:
-        return run(build_service, server)
-    except _BadSetting as exc:
-        print(f"mixer ratelimit: {exc}", file=sys.stderr)
-        return 2
+    # The backend is built inside the event loop; a bad --redis-url (scheme, TLS options,
+    # mode) raises SettingError there, which serve() turns into one line on stderr, exit 2.
+    return serve(SERVICE, ServerSettings.from_args(SERVICE, args),
+                 lambda: build(settings).service)
 
 
 def register(subparsers: Any) -> None:

@@ -9,16 +9,12 @@ pairs is capped: past ``max_keys`` new ones are counted under ``key="_overflow_"
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Iterator
+from prometheus_client import CollectorRegistry
 
-from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
-
+from envoy_mixer.runtime.metrics import OVERFLOW, Counter, CounterGroup, Histogram
 from ratelimit.limiter import Decision
 
-OVERFLOW = "_overflow_"
+__all__ = ["OVERFLOW", "RULE_COUNTERS", "RateLimitMetrics"]
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -34,69 +30,32 @@ RULE_COUNTERS = (
     ("over_limit_with_local_cache", "Over-limit hits answered from the local cache."),
 )
 
-
-class _RuleCollector(Collector):
-    """Per-rule counters kept as plain integers, turned into metrics at scrape time.
-
-    A decision adds to a few ints instead of taking six counter locks: the hot path is one
-    event-loop thread, and scrapes run on the same loop, so no lock is needed.
-    """
-
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, str], list[int]] = {}
-
-    def collect(self) -> Iterator[Metric]:
-        families = [
-            CounterMetricFamily(f"ratelimit_service_rate_limit_{name}", doc,
-                                labels=["domain", "key"])
-            for name, doc in RULE_COUNTERS
-        ]
-        for (domain, key), values in list(self.values.items()):
-            for family, value in zip(families, values, strict=True):
-                family.add_metric([domain, key], value)
-        yield from families
+#: Distinct unknown domains counted by name before they share ``domain="_overflow_"``.
+MAX_UNKNOWN_DOMAINS = 100
 
 
-class _LatencyHistogram(Collector):
-    """``ratelimit_service_response_time_seconds``: a histogram kept as plain numbers.
-
-    Same reasoning as the rule counters: one observation per call, on the event-loop thread,
-    so a bisect and two additions replace prometheus_client's locked per-bucket loop.
-    """
-
-    name = "ratelimit_service_response_time_seconds"
-
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
-        self.total = 0.0
-
-    def observe(self, seconds: float) -> None:
-        """Record one call's handling time."""
-        # bisect_left: a value equal to a bound belongs to that bucket (le = "<=").
-        self.counts[bisect_left(self.buckets, seconds)] += 1
-        self.total += seconds
-
-    def collect(self) -> Iterator[Metric]:
-        cumulative = 0
-        buckets: list[tuple[str, float]] = []
-        for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
-            cumulative += count
-            buckets.append((bound, cumulative))
-        yield HistogramMetricFamily(self.name, "ShouldRateLimit handling time in seconds.",
-                                    buckets=buckets, sum_value=self.total)
+def _key_overflow(values: tuple[str, ...]) -> tuple[str, ...]:
+    # Past the cap the domain stays (domains come from the config, so they are bounded).
+    return (values[0], OVERFLOW)
 
 
 class RateLimitMetrics:
-    """Every metric the service exports, registered on one registry."""
+    """Every metric the service exports, registered on one registry.
+
+    All of them are ``envoy_mixer.runtime.metrics`` counters: a decision adds to a few list
+    items instead of taking a lock per counter.
+    """
 
     def __init__(self, registry: CollectorRegistry, max_keys: int = 1000) -> None:
         self.max_keys = max_keys
-        self._rules = _RuleCollector()
-        registry.register(self._rules)
+        self.rules = CounterGroup(
+            [(f"ratelimit_service_rate_limit_{name}", doc) for name, doc in RULE_COUNTERS],
+            ["domain", "key"], max_series=max_keys, overflow=_key_overflow, registry=registry,
+        )
         self.domain_not_found = Counter(
             "ratelimit_service_rate_limit_domain_not_found",
-            "Requests for a domain no config file defines.", ["domain"], registry=registry,
+            "Requests for a domain no config file defines.", ["domain"],
+            max_series=MAX_UNKNOWN_DOMAINS, registry=registry,
         )
         self.global_shadow_mode = Counter(
             "ratelimit_service_global_shadow_mode",
@@ -120,42 +79,32 @@ class RateLimitMetrics:
             "Counter backend failures by backend and kind (timeout, connection, response).",
             ["backend", "kind"], registry=registry,
         )
-        self.latency = _LatencyHistogram(_LATENCY_BUCKETS)
-        registry.register(self.latency)
-        self._domains: set[str] = set()
+        self.latency = Histogram(
+            "ratelimit_service_response_time_seconds", "ShouldRateLimit handling time in seconds.",
+            _LATENCY_BUCKETS, registry=registry,
+        )
+        # Hot-path handles, looked up once.
+        self._rule_series = self.rules.series
+        self._rule_slot = self.rules.slot
+        self._shadow = self.global_shadow_mode.labels()
 
     def rule_values(self, domain: str, key: str) -> list[int]:
-        """The per-rule counter values of (domain, key) (for tests and /config)."""
-        return list(self._rules.values.get((domain, key), [0] * len(RULE_COUNTERS)))
-
-    def _slot(self, domain: str, key: str) -> list[int]:
-        values = self._rules.values
-        if len(values) >= self.max_keys:
-            key = OVERFLOW
-            found = values.get((domain, key))
-            if found is not None:
-                return found
-        slot = [0] * len(RULE_COUNTERS)
-        values[(domain, key)] = slot
-        return slot
+        """The per-rule counter values of (domain, key), in RULE_COUNTERS order."""
+        return [int(v) for v in self.rules.values(domain, key)]
 
     def record(self, domain: str, decision: Decision) -> None:
         """Count one decision's statistics."""
         if not decision.domain_found:
-            if domain not in self._domains and len(self._domains) >= 100:
-                domain = OVERFLOW
-            else:
-                self._domains.add(domain)
             # Once per descriptor, as the reference counts it (each lookup misses the domain).
             self.domain_not_found.labels(domain).inc(len(decision.statuses))
             return
         if decision.global_shadow:
-            self.global_shadow_mode.inc()
-        values = self._rules.values
+            self._shadow.inc()
+        series = self._rule_series
         for rule_domain, key, total, over, near, within, shadow, cached in decision.stats:
-            slot = values.get((rule_domain, key))
+            slot = series.get((rule_domain, key))
             if slot is None:
-                slot = self._slot(rule_domain, key)
+                slot = self._rule_slot(rule_domain, key)
             slot[0] += total
             slot[1] += over
             slot[2] += near

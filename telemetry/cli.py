@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from envoy_mixer.common.logs import configure_logging
-from envoy_mixer.runtime.service import run
 from envoy_mixer.runtime.settings import ServerSettings, add_server_arguments, env_default
 
 DEFAULT_LISTEN = "127.0.0.1:9401"
@@ -31,12 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     """Run the telemetry service until SIGTERM/SIGINT; returns the exit code."""
-    from telemetry.app import build  # imported late: `mixer --help` stays fast
+    # Imported late: registering `mixer telemetry` must not load grpc (`mixer --help`).
+    from envoy_mixer.runtime.serve import serve
+    from telemetry.app import build
 
-    configure_logging(args.log_level)
-    settings = ServerSettings.from_args("telemetry", args)
     config = Path(args.config) if args.config else None
-    return run(lambda: build(config).service, settings)
+    return serve("telemetry", ServerSettings.from_args("telemetry", args),
+                 lambda: build(config).service)
 
 
 def register(subparsers: Any) -> None:

@@ -3,6 +3,11 @@
 Every service takes ``--listen``, ``--admin`` and ``--log-level``; the environment fallback of a
 flag is ``MIXER_<SERVICE>_<FLAG>`` (e.g. ``MIXER_RATELIMIT_LISTEN``), then ``MIXER_<FLAG>`` for
 the settings every service shares (``MIXER_LOG_LEVEL``).
+
+An environment value goes through the same ``type`` check as the flag it stands in for
+(argparse converts string defaults), so ``MIXER_RATELIMIT_GRACE=abc`` fails like
+``--grace abc``: one line on stderr naming the flag, exit 2. A setting found wrong later, while
+the service is built, is a :class:`SettingError` (see ``envoy_mixer.runtime.serve``).
 """
 
 from __future__ import annotations
@@ -10,6 +15,17 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+
+from envoy_mixer.common.errors import MixerError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class SettingError(MixerError, ValueError):
+    """A process setting (flag or environment value) the service cannot use.
+
+    Also a ``ValueError``, so argparse ``type`` functions may raise it directly.
+    """
 
 
 def env_default(service: str, flag: str, default: str | None) -> str | None:
@@ -23,9 +39,27 @@ def split_hostport(value: str) -> tuple[str, int]:
     """``"127.0.0.1:8081"`` -> ``("127.0.0.1", 8081)``; ``":8081"`` binds every address."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+        raise SettingError(f"expected HOST:PORT, got {value!r}")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
+
+
+def hostport(value: str) -> str:
+    """argparse ``type`` for ``HOST:PORT`` flags: the value, checked."""
+    try:
+        split_hostport(value)
+    except SettingError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return value
+
+
+def log_level(value: str) -> str:
+    """argparse ``type`` for ``--log-level``: one of :data:`LOG_LEVELS`, any case."""
+    level = value.strip().lower()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"invalid log level {value!r} (one of {', '.join(LOG_LEVELS)})")
+    return level
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +92,17 @@ def add_server_arguments(
     """Add ``--listen``, ``--admin``, ``--log-level`` and ``--grace`` with env fallbacks."""
     parser.add_argument(
         "--listen", default=env_default(service, "listen", listen), metavar="HOST:PORT",
+        type=hostport,
         help=f"gRPC address (default {listen}; env MIXER_{service.upper()}_LISTEN)",
     )
     parser.add_argument(
         "--admin", default=env_default(service, "admin", admin), metavar="HOST:PORT",
+        type=hostport,
         help=f"admin HTTP address for /metrics, /healthz, /config (default {admin})",
     )
     parser.add_argument(
-        "--log-level", default=env_default(service, "log-level", "info"),
-        choices=["debug", "info", "warning", "error"], help="log level (env MIXER_LOG_LEVEL)",
+        "--log-level", default=env_default(service, "log-level", "info"), type=log_level,
+        choices=LOG_LEVELS, help="log level (env MIXER_LOG_LEVEL)",
     )
     parser.add_argument(
         "--grace", default=env_default(service, "grace", "5"), type=float, metavar="SECONDS",

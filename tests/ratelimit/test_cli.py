@@ -144,3 +144,27 @@ def test_service_configured_only_by_reference_env(
     keys = r.keys("*")
     r.close()
     assert len(keys) == 1 and keys[0].startswith("test-domain_key2_value2_")
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("MIXER_RATELIMIT_REDIS_TIMEOUT", "abc",
+     "argument --redis-timeout: invalid float value: 'abc'"),
+    ("REDIS_POOL_SIZE", "four", "argument --redis-pool-size: invalid int value: 'four'"),
+    ("NEAR_LIMIT_RATIO", "high", "argument --near-limit-ratio: invalid float value: 'high'"),
+    ("LOCAL_CACHE_SIZE_IN_BYTES", "1MB", "LOCAL_CACHE_SIZE_IN_BYTES='1MB': expected an integer"),
+    ("MIXER_LOG_LEVEL", "loud", "argument --log-level: invalid log level 'loud'"),
+    ("MIXER_RATELIMIT_LISTEN", "nowhere", "argument --listen: expected HOST:PORT, got 'nowhere'"),
+])
+def test_bad_environment_value_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    variable: str, value: str, message: str,
+) -> None:
+    """A non-numeric (or invalid) env value fails like the flag would: stderr, exit 2."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--config", str(tmp_path)])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert message in captured.err
+    assert "Traceback" not in captured.err

@@ -202,11 +202,12 @@ async def test_reload_good_then_bad(serve: StartFn) -> None:
     """A good change applies; a bad one keeps the old config and counts the error."""
     h = await serve()
     (h.path / "edge.yaml").write_text(LIMITS.replace("per_unit: 3", "per_unit: 7"))
-    await _until(lambda: h.app.metrics.config_load_success._value.get() == 2)
+    loads = h.app.registry.get_sample_value
+    await _until(lambda: loads("ratelimit_service_config_load_success_total") == 2)
     resp = await h.call("edge", descriptor(("remote_address", "r")))
     assert resp.statuses[0].current_limit.requests_per_unit == 7
     (h.path / "edge.yaml").write_text(LIMITS.replace("unit: minute", "unit: fortnight"))
-    await _until(lambda: h.app.metrics.config_load_error._value.get() == 1)
+    await _until(lambda: loads("ratelimit_service_config_load_error_total") == 1)
     resp = await h.call("edge", descriptor(("remote_address", "r")))
     assert resp.statuses[0].current_limit.requests_per_unit == 7
     text = await h.get("/metrics")

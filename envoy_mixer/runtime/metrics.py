@@ -213,25 +213,24 @@ class Counter(CounterGroup):
 class HistogramChild:
     """One series of a :class:`Histogram`."""
 
-    __slots__ = ("_bounds", "_slot", "_sum")
+    __slots__ = ("_bounds", "_slot")
 
     def __init__(self, bounds: tuple[float, ...], slot: list[float]) -> None:
         self._bounds = bounds
-        self._slot = slot
-        self._sum = len(bounds) + 1  # slot layout: one count per bucket, +Inf, then the sum
+        self._slot = slot  # one count per bucket, then +Inf's, then the sum
 
     def observe(self, value: float) -> None:
         """Count one observation."""
         slot = self._slot
         # bisect_left: a value equal to a bound belongs to that bucket (le means "<=").
         slot[bisect_left(self._bounds, value)] += 1
-        slot[self._sum] += value
+        slot[-1] += value
 
 
 class Histogram(Collector):
     """A fixed-bucket histogram: ``observe`` is a bisect and two additions."""
 
-    __slots__ = ("_children", "_le", "_series", "bounds", "documentation", "name")
+    __slots__ = ("_children", "_le", "_root", "_series", "bounds", "documentation", "name")
 
     def __init__(
         self,
@@ -255,8 +254,8 @@ class Histogram(Collector):
         self._le = (*(repr(b) for b in bounds), "+Inf")
         self._series = _Series(labelnames, len(bounds) + 2, max_series, overflow)
         self._children: dict[Labels, HistogramChild] = {}
-        if not self._series.labelnames:
-            self.labels()
+        # The unlabelled series' slot, so ``observe`` is as short as a child's.
+        self._root: list[float] = [] if labelnames else self._series.new(())
         if registry is not None:
             registry.register(self)
 
@@ -271,8 +270,10 @@ class Histogram(Collector):
         return child
 
     def observe(self, value: float) -> None:
-        """Count one observation in the unlabelled histogram."""
-        self._children[()].observe(value)
+        """Count one observation in the unlabelled histogram (use ``labels`` otherwise)."""
+        slot = self._root
+        slot[bisect_left(self.bounds, value)] += 1
+        slot[-1] += value
 
     def count(self, *values: str) -> int:
         """Observations so far in one label set (0 if never used)."""

@@ -3,7 +3,9 @@
 For every golden case of istio's builder test (``golden/differential.py: CASES``) one Envoy
 serves a listener with the golden RBAC filter(s) and a listener calling our service; requests
 generated over every field of the input and its negation go to both, and the verdicts
-(200 allowed / 403 denied) must agree. Disagreements are grouped by class into
+(200 allowed / 403 denied) must agree. The never-matching rule[1] of allow-full-rule is also
+run as one-field fragments of its golden output (``fragment_cases``), in one shared service.
+Disagreements are grouped by class into
 ``/tmp/differential-mismatches.txt`` on every run, and a summary line goes to stdout.
 """
 
@@ -17,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -132,6 +135,7 @@ def test_verdicts_agree_with_istio_golden_rbac(
     free_port: Callable[[], int], capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Every generated request gets the same verdict from Istio's golden RBAC and from us."""
+    marks = [("start", time.monotonic())]
     pki, tokens, flags = diff.Pki(tmp_path), diff.Tokens(), _mixer_flags()
     notes: list[str] = []
     work, services = [], {}  # services: name -> (grpc port, admin port, policy texts, flags)
@@ -153,6 +157,7 @@ def test_verdicts_agree_with_istio_golden_rbac(
                                grpc, admin_port)
         work.append((case, ports, probes))
 
+    marks.append(("generated", time.monotonic()))
     running = {}
     for name, (grpc, admin_port, texts, td_args) in services.items():
         policy = tmp_path / f"{name}.yaml"
@@ -167,18 +172,22 @@ def test_verdicts_agree_with_istio_golden_rbac(
     failed = {name: error for name, (proc, admin_port) in running.items()
               if (error := _wait_loaded(proc, admin_port, deadline)) is not None}
     rejected = {c.name: failed[c.service] for c, _, _ in work if c.service in failed}
+    marks.append(("services ready", time.monotonic()))
     admin = _unique_port(free_port, taken)
     start_envoy(diff.envoy_config(admin, pki, tokens, [(c, p) for c, p, _ in work]), admin,
                 concurrency=2)
 
     runnable = [w for w in work if w[0].name not in rejected]
+    marks.append(("envoy ready", time.monotonic()))
     for _, _, probes in runnable:  # certificates first, so sending is timed on its own
         for probe in probes:
             if probe.sans is not None:
                 pki.client(probe.sans)
-    started = time.monotonic()
+    marks.append(("certificates", time.monotonic()))
     outcomes = diff.run_probes(runnable, pki, tokens)
-    notes.append(f"sending took {time.monotonic() - started:.1f} s (reported, never asserted)")
+    marks.append(("sent", time.monotonic()))
+    notes.append("seconds per phase (reported, never asserted): " + ", ".join(
+        f"{name} {t - prev:.1f}" for (_, prev), (name, t) in pairwise(marks)))
     not_loaded = sum(len(p) for c, _, p in work if c.name in rejected)
     judged = [o for o in outcomes if o.judged]
     agreed = sum(o.agreed for o in judged)

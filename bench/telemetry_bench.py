@@ -123,7 +123,7 @@ def in_process(seconds: float = 2.0) -> list[list[object]]:
     start = time.process_time()
     while time.process_time() - start < seconds:
         for payload in payloads:
-            servicer._enqueue(node, als_pb2.StreamAccessLogsMessage.FromString(payload))
+            servicer.receive(als_pb2.StreamAccessLogsMessage.FromString(payload), node)
             servicer.process_pending()
         done += len(payloads) * ENTRIES_PER_BATCH
     servicer_rate = done / (time.process_time() - start)

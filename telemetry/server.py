@@ -24,10 +24,11 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.extensions.filters.http.grpc_stats.v3 import config_pb2 as grpc_stats_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf import json_format, struct_pb2
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Gauge
 
 from envoy_mixer.common.logs import log_event
 from envoy_mixer.common.snapshot import Snapshot
+from envoy_mixer.runtime.metrics import Counter
 from telemetry.config import TelemetryConfig
 from telemetry.entries import HttpEntry, TcpEntry, TcpEvent, TlsInfo
 from telemetry.identity import (
@@ -260,19 +261,25 @@ class _Batch:
 
 
 class IngestMetrics:
-    """The service's own ingest, drop, backlog and stream metrics."""
+    """The service's own ingest, drop, backlog and stream metrics.
+
+    The counters are ``envoy_mixer.runtime.metrics`` ones (a list add per batch, no lock);
+    the gauges are prometheus_client's, read at scrape time or moved once per stream.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        types = [("http",), ("tcp",)]
         self.received = Counter(
             "mixer_telemetry_entries_received", "Access-log entries received, by type.",
-            ["type"], registry=registry)
+            ["type"], preset=types, registry=registry)
         self.processed = Counter(
             "mixer_telemetry_entries_processed", "Access-log entries turned into metrics.",
-            ["type"], registry=registry)
+            ["type"], preset=types, registry=registry)
         self.dropped = Counter(
             "mixer_telemetry_entries_dropped",
             "Entries dropped: backlog_full (processing fell behind), malformed, no_config.",
-            ["reason"], registry=registry)
+            ["reason"], preset=[("backlog_full",), ("malformed",), ("no_config",)],
+            registry=registry)
         self.backlog = Gauge(
             "mixer_telemetry_backlog_entries", "Entries received but not yet processed.",
             registry=registry)
@@ -284,16 +291,9 @@ class IngestMetrics:
         self.streams_closed = Counter(
             "mixer_telemetry_streams_closed",
             "ALS streams ended: client (Envoy closed or reset it) or max_age (we ended it).",
-            ["reason"], registry=registry)
+            ["reason"], preset=[("client",), ("max_age",)], registry=registry)
         self.streams_active = Gauge(
             "mixer_telemetry_streams_active", "ALS streams open now.", registry=registry)
-        for kind in ("http", "tcp"):
-            self.received.labels(kind)
-            self.processed.labels(kind)
-        for reason in ("backlog_full", "malformed", "no_config"):
-            self.dropped.labels(reason)
-        for reason in ("client", "max_age"):
-            self.streams_closed.labels(reason)
 
 
 class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
@@ -344,7 +344,7 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                     node = identifier_node(message.identifier)
                     log_event(_log, "als_stream_identified", node_id=node.node_id,
                               log_name=node.log_name)
-                self._enqueue(node, message)
+                self.receive(message, node)
                 config = self._config()
                 max_age = config.max_stream_age_seconds if config else 0.0
                 if max_age and self._clock() - started >= max_age:
@@ -355,7 +355,14 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             self.metrics.streams_closed.labels(reason).inc()
         return als_pb2.StreamAccessLogsResponse()
 
-    def _enqueue(self, node: NodeIdentity, message: als_pb2.StreamAccessLogsMessage) -> None:
+    def receive(
+        self, message: als_pb2.StreamAccessLogsMessage, node: NodeIdentity = UNKNOWN_NODE
+    ) -> None:
+        """Queue one stream message's entries from ``node`` (the stream reader's step).
+
+        Never waits: with no config yet or a full backlog the entries are counted as dropped.
+        Tests and benchmarks call it to feed the servicer without a gRPC stream.
+        """
         which = message.WhichOneof("log_entries")
         if which == "http_logs":
             http, tcp = message.http_logs.log_entry, None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
+
+import pytest
 
 from telemetry.accesslog import AccessLogWriter, is_error
 from telemetry.entries import HttpEntry, TcpEntry, TcpEvent, TlsInfo
@@ -67,15 +68,17 @@ def test_graph_forgets_old_traffic(frontend: NodeIdentity) -> None:
                                 "nodes": [], "edges": []}
 
 
-def test_access_log_line_fields(frontend: NodeIdentity) -> None:
-    """One JSON line with Envoy's fields and the identity labels."""
-    writer = AccessLogWriter("stdout")
-    buffer = io.StringIO()
-    writer._stream = buffer
+def test_access_log_line_fields(
+    frontend: NodeIdentity, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One JSON line on stdout with Envoy's fields and the identity labels."""
+    writer = AccessLogWriter("stdout")  # made under capsys: writes to the captured stdout
     entry = HttpEntry(upstream_cluster=OUT, response_code=200, method="GET", path="/x",
                       start_time=1_700_000_000.5, duration_ms=2.5, request_id="rid")
     writer.write(entry, frontend, http_label_values(entry, frontend))
-    record = json.loads(buffer.getvalue())
+    writer.flush()
+    (line,) = capsys.readouterr().out.splitlines()
+    record = json.loads(line)
     assert record["type"] == "http" and record["path"] == "/x" and record["request_id"] == "rid"
     assert record["start_time"] == "2023-11-14T22:13:20.500Z"
     assert record["reporter"] == "source" and record["source_workload"] == "frontend"

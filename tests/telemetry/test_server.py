@@ -177,8 +177,8 @@ def test_full_backlog_drops_and_counts(tmp_path: Path) -> None:
     message = als_pb2.StreamAccessLogsMessage()
     message.http_logs.log_entry.extend([_http(200), _http(200)])
     servicer = telemetry.servicer
-    servicer._enqueue(UNKNOWN_NODE, message)
-    servicer._enqueue(UNKNOWN_NODE, message)
+    servicer.receive(message, UNKNOWN_NODE)
+    servicer.receive(message, UNKNOWN_NODE)
     assert telemetry.servicer.backlog == 2
     assert telemetry.registry.get_sample_value(
         "mixer_telemetry_entries_dropped_total", {"reason": "backlog_full"}) == 2
@@ -321,7 +321,7 @@ def test_entry_that_fails_is_counted_and_the_batch_goes_on(
     monkeypatch.setattr(telemetry.pipeline, "process_http", flaky)
     message = als_pb2.StreamAccessLogsMessage()
     message.http_logs.log_entry.extend([_http(200), _http(200), _http(200)])
-    telemetry.servicer._enqueue(UNKNOWN_NODE, message)
+    telemetry.servicer.receive(message, UNKNOWN_NODE)
     telemetry.servicer.process_pending()
     registry = telemetry.registry
     assert registry.get_sample_value(

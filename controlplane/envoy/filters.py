@@ -11,6 +11,9 @@
   headers, ``content-type`` and ``grpc-status`` that Istio's metrics need.
 - header_to_metadata: gateways and outbound sidecars move the peer response headers into
   dynamic metadata (:func:`peer_stash_filter`).
+- header_mutation: peer-metadata request headers are trusted only from a peer with a verified
+  mesh certificate, so gateways and plaintext inbound chains remove them first
+  (:func:`peer_request_strip_filter`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ from __future__ import annotations
 from envoy.config.accesslog.v3.accesslog_pb2 import AccessLog
 from envoy.config.core.v3.base_pb2 import HeaderValueOption
 from envoy.config.core.v3.config_source_pb2 import ApiVersion
-from envoy.extensions.access_loggers.grpc.v3.als_pb2 import HttpGrpcAccessLogConfig
+from envoy.extensions.access_loggers.grpc.v3.als_pb2 import (
+    CommonGrpcAccessLogConfig,
+    HttpGrpcAccessLogConfig,
+    TcpGrpcAccessLogConfig,
+)
 from envoy.extensions.filters.http.dynamic_forward_proxy.v3.dynamic_forward_proxy_pb2 import (
     FilterConfig as ForwardProxyConfig,
 )
@@ -61,6 +68,7 @@ HEADER_MUTATION = "envoy.filters.http.header_mutation"
 FORWARD_PROXY = "envoy.filters.http.dynamic_forward_proxy"
 ROUTER = "envoy.filters.http.router"
 GRPC_ACCESS_LOG = "envoy.access_loggers.http_grpc"
+TCP_GRPC_ACCESS_LOG = "envoy.access_loggers.tcp_grpc"
 #: The access-log buffer: about 49 entries, flushed earlier by ``log_flush_interval``.
 _LOG_BUFFER_BYTES = 16384
 
@@ -169,6 +177,14 @@ def peer_stash_filter() -> HttpFilter:
     return http_filter(HEADER_TO_METADATA, config)
 
 
+def peer_request_strip_filter() -> HttpFilter:
+    """Remove peer-metadata request headers a client sent (nobody verified who sent them)."""
+    config = HeaderMutation()
+    for name in (PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER):
+        config.mutations.request_mutations.add().remove = name
+    return http_filter(HEADER_MUTATION, config)
+
+
 def forward_proxy_filter() -> HttpFilter:
     """The egress gateway's dynamic forward proxy (resolves ``Host`` through the DNS cache)."""
     return http_filter(FORWARD_PROXY, ForwardProxyConfig(dns_cache_config=egress_dns_cache()))
@@ -181,15 +197,18 @@ def router_filter() -> HttpFilter:
 
 def http_filters(
     services: MixerServices, domain: str | None, *, strip_peer_response: bool = False,
-    forward_proxy: bool = False,
+    strip_peer_request: bool = False, forward_proxy: bool = False,
 ) -> list[HttpFilter]:
     """The filter chain every role uses, in Envoy's order of execution.
 
-    ``domain`` None leaves out the ratelimit filter; ``strip_peer_response`` puts the
-    peer-metadata stash first (client-facing listeners); ``forward_proxy`` adds the dynamic
-    forward proxy just before the router (egress gateway).
+    ``domain`` None leaves out the ratelimit filter; ``strip_peer_request`` first removes
+    client-sent peer-metadata headers (gateways, plaintext inbound); ``strip_peer_response``
+    puts the peer-metadata stash first (client-facing listeners); ``forward_proxy`` adds the
+    dynamic forward proxy just before the router (egress gateway).
     """
-    chain = [peer_stash_filter()] if strip_peer_response else []
+    chain = [peer_request_strip_filter()] if strip_peer_request else []
+    if strip_peer_response:
+        chain.append(peer_stash_filter())
     chain += authz_with_istio_inputs(services)
     if domain is not None:
         chain.append(ratelimit_filter(services, domain))
@@ -200,8 +219,23 @@ def http_filters(
     return chain
 
 
-def access_log(services: MixerServices, log_name: str) -> AccessLog:
-    """The gRPC access logger streaming entries to our telemetry service."""
+#: Custom tags carrying the upstream connection's URI SANs: ALS logs only the downstream TLS,
+#: and the client-side reporter needs the destination's (and its own) certificate identity.
+UPSTREAM_SAN_TAGS = (("upstream_peer_uri_san", "%UPSTREAM_PEER_URI_SAN%"),
+                     ("upstream_local_uri_san", "%UPSTREAM_LOCAL_URI_SAN%"))
+
+
+def upstream_san_tags() -> list[CustomTag]:
+    """The upstream SAN tags, formatted by Envoy from the upstream TLS connection."""
+    return [CustomTag(tag=tag, value=value) for tag, value in UPSTREAM_SAN_TAGS]
+
+
+def access_log(services: MixerServices, log_name: str, *, upstream_sans: bool = False,
+               ) -> AccessLog:
+    """The gRPC access logger streaming entries to our telemetry service.
+
+    ``upstream_sans`` (client-side loggers) adds the upstream certificate SANs as tags.
+    """
     config = HttpGrpcAccessLogConfig(
         additional_request_headers_to_log=[
             PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER, "content-type"],
@@ -209,16 +243,30 @@ def access_log(services: MixerServices, log_name: str) -> AccessLog:
             PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER, "grpc-status"],
         additional_response_trailers_to_log=["grpc-status"],
     )
-    common = config.common_config
+    _common_log_config(config.common_config, services, log_name, upstream_sans)
+    # gRPC message counts (from grpc_stats) for the Istio messages metrics.
+    config.common_config.filter_state_objects_to_log.append(GRPC_STATS)
+    return AccessLog(name=GRPC_ACCESS_LOG, typed_config=pack(config))
+
+
+def tcp_access_log(services: MixerServices, log_name: str, *, upstream_sans: bool = False,
+                   ) -> AccessLog:
+    """The gRPC TCP access logger (one entry per connection) streaming to telemetry."""
+    config = TcpGrpcAccessLogConfig()
+    _common_log_config(config.common_config, services, log_name, upstream_sans)
+    return AccessLog(name=TCP_GRPC_ACCESS_LOG, typed_config=pack(config))
+
+
+def _common_log_config(common: CommonGrpcAccessLogConfig, services: MixerServices,
+                       log_name: str, upstream_sans: bool) -> None:
     common.log_name = log_name
     common.transport_api_version = ApiVersion.V3
     common.grpc_service.CopyFrom(envoy_grpc(TELEMETRY_CLUSTER))
     common.buffer_flush_interval.CopyFrom(duration(services.log_flush_interval))
     common.buffer_size_bytes.value = _LOG_BUFFER_BYTES
-    # gRPC message counts (from grpc_stats) for the Istio messages metrics.
-    common.filter_state_objects_to_log.append(GRPC_STATS)
     common.custom_tags.append(istio_services_tag())
-    return AccessLog(name=GRPC_ACCESS_LOG, typed_config=pack(config))
+    if upstream_sans:
+        common.custom_tags.extend(upstream_san_tags())
 
 
 def istio_services_tag() -> CustomTag:

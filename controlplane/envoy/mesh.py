@@ -12,6 +12,12 @@
 
 Every proxy calls ``authz`` (ext_authz), ``ratelimit`` (RLS) and ``telemetry`` (ALS). The
 egress gateway is rendered too (shipped and in compose) for workloads reaching external hosts.
+
+With a :class:`MeshSecurity` every proxy reads its certificate from
+``<cert_root>/<CERT_DIRS[role]>/`` (what ``mixer ca issue`` writes) and every hop inside the
+mesh is mTLS: each sidecar's inbound port takes the mode its PeerAuthentication resolves to
+(Istio's precedence, :mod:`controlplane.security`), and a client originates mTLS to every
+destination that is not DISABLE (Istio's auto mTLS).
 """
 
 from __future__ import annotations
@@ -21,17 +27,35 @@ from dataclasses import dataclass
 
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 
-from controlplane.envoy.model import Endpoint, MixerServices, ProxyOptions, Upstream, Workload
+from controlplane.envoy.model import (
+    DEFAULT_TRUST_DOMAIN,
+    Endpoint,
+    InboundMode,
+    MeshTls,
+    MixerServices,
+    ProxyOptions,
+    Upstream,
+    Workload,
+)
 from controlplane.envoy.ratelimit_actions import Actions
 from controlplane.envoy.roles import egress_gateway, ingress_gateway, sidecar
+from controlplane.security import PeerAuthentication, effective_mtls
 
-#: Identities of the mesh's proxies (Istio's names for the gateways).
+#: Identities of the mesh's proxies (Istio's names for the gateways and their accounts).
 FRONTEND = Workload("frontend", "default", version="v1")
 BACKEND = Workload("backend", "default", version="v1")
 INGRESS = Workload("istio-ingressgateway", "istio-system", app="istio-ingressgateway",
-                   extra_labels=(("istio", "ingressgateway"),))
+                   extra_labels=(("istio", "ingressgateway"),),
+                   service_account="istio-ingressgateway-service-account")
 EGRESS = Workload("istio-egressgateway", "istio-system", app="istio-egressgateway",
-                  extra_labels=(("istio", "egressgateway"),))
+                  extra_labels=(("istio", "egressgateway"),),
+                  service_account="istio-egressgateway-service-account")
+
+#: Each proxy's workload, and its certificate directory under ``MeshSecurity.cert_root``.
+WORKLOADS = {"ingress-gateway": INGRESS, "egress-gateway": EGRESS,
+             "sidecar-frontend": FRONTEND, "sidecar-backend": BACKEND}
+CERT_DIRS = {"ingress-gateway": "ingress", "egress-gateway": "egress",
+             "sidecar-frontend": "frontend", "sidecar-backend": "backend"}
 
 #: Rate-limit domain each proxy sends (the ratelimit config's ``domain:``).
 DOMAINS = {"ingress-gateway": "ingress", "egress-gateway": "egress",
@@ -118,12 +142,38 @@ def compose_mesh() -> Mesh:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class MeshSecurity:
+    """Certificates and PeerAuthentication for the demo mesh's mTLS."""
+
+    #: Absolute directory holding one certificate directory per proxy (``CERT_DIRS``).
+    cert_root: str
+    peer_authentications: tuple[PeerAuthentication, ...] = ()
+    #: ``--mtls``: one mode for every sidecar, over whatever the policies say.
+    mode_override: InboundMode | None = None
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+
+    def mode_of(self, workload: Workload, port: int = SERVICE_PORT) -> InboundMode:
+        """The inbound mode of ``workload`` on ``port`` (PERMISSIVE when nothing applies)."""
+        if self.mode_override is not None:
+            return self.mode_override
+        return effective_mtls(self.peer_authentications, namespace=workload.namespace,
+                              labels=workload.labels).for_port(port)
+
+    def tls(self, role: str) -> MeshTls:
+        """The mTLS settings of one proxy of the mesh."""
+        return MeshTls(cert_dir=f"{self.cert_root.rstrip('/')}/{CERT_DIRS[role]}",
+                       mode=self.mode_of(WORKLOADS[role]), trust_domain=self.trust_domain)
+
+
 def render_mesh(
     mesh: Mesh, rate_limits: Mapping[str, Sequence[Actions]] | None = None,
+    security: MeshSecurity | None = None,
 ) -> dict[str, Bootstrap]:
     """Bootstraps of every proxy, keyed ``ingress-gateway``, ``sidecar-frontend``, ...
 
-    ``rate_limits`` maps a rate-limit domain to its derived actions.
+    ``rate_limits`` maps a rate-limit domain to its derived actions; ``security`` None
+    renders the mesh in plaintext.
     """
     limits = rate_limits or {}
 
@@ -135,10 +185,16 @@ def render_mesh(
             ratelimit_domain=domain,
             rate_limits=tuple(limits.get(domain, ())),
             tracing=mesh.tracing,
+            tls=security.tls(role) if security is not None else None,
         )
 
-    backend_up = Upstream("backend", mesh.backend.inbound, "default", SERVICE_PORT)
-    frontend_up = Upstream("frontend", mesh.frontend.inbound, "default", SERVICE_PORT)
+    def upstream(workload: Workload, address: Endpoint) -> Upstream:
+        mtls = security is not None and security.mode_of(workload) != "DISABLE"
+        return Upstream(workload.name, address, workload.namespace, SERVICE_PORT,
+                        service_account=workload.account, mtls=mtls)
+
+    backend_up = upstream(BACKEND, mesh.backend.inbound)
+    frontend_up = upstream(FRONTEND, mesh.frontend.inbound)
     return {
         "ingress-gateway": ingress_gateway(
             INGRESS, mesh.services, options("ingress-gateway", mesh.ingress_admin),

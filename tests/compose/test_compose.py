@@ -47,10 +47,23 @@ def _services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _mounts(service: dict[str, Any]) -> list[tuple[Path, str]]:
+    """Bind mounts (host path, container path); named volumes are left out."""
     out = []
     for volume in service.get("volumes", []):
         host, _, rest = volume.partition(":")
-        out.append(((COMPOSE_DIR / host).resolve(), rest.split(":")[0]))
+        if host.startswith((".", "/")):
+            out.append(((COMPOSE_DIR / host).resolve(), rest.split(":")[0]))
+    return out
+
+
+def _named_volumes(service: dict[str, Any]) -> dict[str, str]:
+    """Named volumes of a service: container path -> "name:mode"."""
+    out = {}
+    for volume in service.get("volumes", []):
+        host, _, rest = volume.partition(":")
+        if not host.startswith((".", "/")):
+            path, _, mode = rest.partition(":")
+            out[path] = f"{host}:{mode or 'rw'}"
     return out
 
 
@@ -118,6 +131,33 @@ def test_every_referenced_file_exists(compose: dict[str, Any]) -> None:
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (context / source).exists(), source
+
+
+ENVOYS = ("ingress", "egress", "frontend-sidecar", "backend-sidecar")
+
+
+def test_certs_service_feeds_every_envoy_its_certificate(compose: dict[str, Any]) -> None:
+    """The one-shot certs service writes mesh-certs; each Envoy mounts it read-only, waits for
+    it, and its config reads its certificate from there."""
+    services = _services(compose)
+    certs = services["certs"]
+    assert "build" in certs and certs["restart"] == "no"
+    assert _named_volumes(certs)["/etc/istio/certs"] == "mesh-certs:rw"
+    script = certs["command"][0]
+    assert "mixer ca init --dir /var/lib/mesh-ca" in script
+    assert set(compose["volumes"]) == {"mesh-ca", "mesh-certs"}
+    for name in ENVOYS:
+        service = services[name]
+        assert _named_volumes(service)["/etc/istio/certs"] == "mesh-certs:ro", name
+        assert service["depends_on"]["certs"] == {
+            "condition": "service_completed_successfully"}, name
+        envoy = _envoy_config(service)
+        assert envoy is not None
+        dirs = set(re.findall(r"/etc/istio/certs/([\w-]+)/default\.json", yaml.safe_dump(envoy)))
+        # The egress gateway has no mesh hop yet (workloads reach it in plaintext).
+        assert len(dirs) == (0 if name == "egress" else 1), (name, dirs)
+        # The certs service issues that directory.
+        assert all(f" {d}\n" in script for d in dirs), name
 
 
 def test_envoy_clusters_point_at_compose_services(compose: dict[str, Any]) -> None:

@@ -59,7 +59,9 @@ def test_sidecar_inbound_guards_the_app_with_identity() -> None:
     config = _sidecar(ratelimit_domain="frontend")
     assert config.node.id == "sidecar~127.0.0.1~frontend-0.default~default.svc.cluster.local"
     inbound = _hcm(config, "inbound")
+    # Plaintext (no certificate): client-sent peer metadata is removed first.
     assert [f.name for f in inbound.http_filters] == [
+        "envoy.filters.http.header_mutation",
         "envoy.filters.http.header_mutation", "envoy.filters.http.header_to_metadata",
         EXT_AUTHZ, "envoy.filters.http.ratelimit", "envoy.filters.http.grpc_stats",
         "envoy.filters.http.router"]
@@ -106,13 +108,14 @@ def test_rate_limits_apply_to_inbound_not_outbound() -> None:
 
 
 def test_ingress_gateway_is_the_edge() -> None:
-    """Ingress: use_remote_address, stash first, route to the upstream with Host rewritten."""
+    """Ingress: use_remote_address, peer headers stripped then stashed, Host rewritten."""
     config = ingress_gateway(INGRESS, SERVICES, ProxyOptions(ratelimit_domain="ingress"),
                              port=8080, upstream=Upstream("frontend", Endpoint("127.0.0.1", 8091)))
     assert config.node.id.startswith("router~")
     hcm = _hcm(config, "ingress")
     assert hcm.use_remote_address.value is True
-    assert hcm.http_filters[0].name == "envoy.filters.http.header_to_metadata"
+    assert [f.name for f in hcm.http_filters[:2]] == [
+        "envoy.filters.http.header_mutation", "envoy.filters.http.header_to_metadata"]
     route = hcm.route_config.virtual_hosts[0].routes[1].route
     assert route.cluster == "outbound|8080||frontend.default.svc.cluster.local"
     assert route.host_rewrite_literal == "frontend.default.svc.cluster.local"

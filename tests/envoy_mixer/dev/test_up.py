@@ -41,7 +41,7 @@ def _examples(tmp: Path) -> Path:
     """A private, editable copy of examples/ (telemetry defaults if it has none)."""
     target = tmp / "examples"
     target.mkdir()
-    for name in ("policy.yaml", "ratelimit.yaml", "telemetry.yaml"):
+    for name in ("policy.yaml", "ratelimit.yaml", "telemetry.yaml", "peer-authentication.yaml"):
         src = EXAMPLES / name
         if src.exists():
             shutil.copy(src, target / name)

@@ -41,7 +41,8 @@ def test_without_a_checkout_the_packaged_examples_are_copied_and_announced(
     for name in EXAMPLE_FILES.values():
         assert (found / name).read_bytes() == (PACKAGED / name).read_bytes()
     assert out.getvalue() == (
-        "copied the example files (policy.yaml, ratelimit.yaml, telemetry.yaml) to "
+        "copied the example files (policy.yaml, ratelimit.yaml, telemetry.yaml, "
+        "peer-authentication.yaml) to "
         f"{found}: edit them there, they hot-reload\n")
 
 

@@ -21,9 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from extauthz.compile import CompiledRule, Policy
+from extauthz.index import RuleIndex
 from extauthz.jwt import NO_TOKEN, AuthnOutcome
 from extauthz.matchers import Attributes
-from extauthz.policy import DEFAULT_DENY, CompiledRule, Policy, PolicySet, WorkloadView
+from extauthz.model import DEFAULT_DENY
+from extauthz.policyset import PolicySet, WorkloadView
 from extauthz.request import AuthzRequest
 
 Verdict = Literal["allow", "deny", "unauthenticated"]
@@ -96,19 +99,73 @@ def unauthenticated(error: str, request: AuthzRequest) -> Decision:
     )
 
 
-def _ref(policies: PolicySet, rule: CompiledRule) -> RuleRef:
-    key = ("ref", rule.policy_index, rule.index)
-    ref: RuleRef | None = policies.memo.get(key)
-    if ref is None:
-        ref = policies.memo[key] = RuleRef.of(policies.policy(rule.policy_index), rule)
-    return ref
+class DecisionCache:
+    """The decisions (and rule references) already built, per deciding rule, for one set.
+
+    Decisions are immutable, and with a given rule deciding they are always the same object,
+    so a Check that hits a rule seen before allocates nothing. The cache serves one
+    ``PolicySet`` at a time: a request against another set (after a reload) starts it afresh,
+    so no reload's rules outlive their set here. ``max_entries`` bounds it for sets with more
+    rules than anyone hits (it is cleared when full).
+    """
+
+    __slots__ = ("_decisions", "_policies", "_refs", "max_entries")
+
+    def __init__(self, max_entries: int = 65536) -> None:
+        self.max_entries = max_entries
+        self._policies: PolicySet | None = None
+        self._decisions: dict[CompiledRule, Decision] = {}
+        self._refs: dict[CompiledRule, RuleRef] = {}
+
+    def __len__(self) -> int:
+        return len(self._decisions) + len(self._refs)
+
+    def _for(self, policies: PolicySet) -> None:
+        if self._policies is not policies or len(self) >= self.max_entries:
+            self._policies = policies
+            self._decisions = {}
+            self._refs = {}
+
+    def ref(self, policies: PolicySet, rule: CompiledRule) -> RuleRef:
+        """The shared ``RuleRef`` of ``rule``."""
+        if self._policies is not policies:
+            self._for(policies)
+        ref = self._refs.get(rule)
+        if ref is None:
+            self._for(policies)
+            ref = self._refs[rule] = RuleRef.of(policies.policy(rule.policy_index), rule)
+        return ref
+
+    def decision(self, policies: PolicySet, rule: CompiledRule) -> Decision:
+        """The shared decision of a matching ``rule`` (its policy's action decides)."""
+        if self._policies is not policies:
+            self._for(policies)
+        decision = self._decisions.get(rule)
+        if decision is None:
+            policy = policies.policy(rule.policy_index)
+            ref = self.ref(policies, rule)
+            if policy.action == "DENY":
+                custom = policy.deny_response
+                decision = Decision(
+                    verdict="deny", status=custom.status, reason="matched a DENY policy",
+                    decided_by=ref, body=custom.body, response_headers=custom.headers)
+            else:
+                decision = Decision(verdict="allow", status=200,
+                                    reason="matched an ALLOW policy", decided_by=ref)
+            self._decisions[rule] = decision
+        return decision
 
 
-def _match(policies: PolicySet, view_index: Any, attrs: Attributes) -> RuleRef | None:
-    rule: CompiledRule | None = view_index.first_match(attrs)
+#: The cache ``decide`` uses unless given one (the service decides on one set at a time).
+DEFAULT_CACHE = DecisionCache()
+
+
+def _match(policies: PolicySet, index: RuleIndex, attrs: Attributes,
+           cache: DecisionCache) -> RuleRef | None:
+    rule = index.first_match(attrs)
     if rule is None:
         return None
-    return _ref(policies, rule)
+    return cache.ref(policies, rule)
 
 
 NO_ALLOW_POLICY = Decision(verdict="allow", status=200,
@@ -117,71 +174,44 @@ NO_ALLOW_MATCH = Decision(verdict="deny", status=403, reason="no ALLOW policy ma
                           body=DENY_BODY)
 
 
-def _base_decision(policies: PolicySet, view: WorkloadView, attrs: Attributes) -> Decision:
+def _base_decision(policies: PolicySet, view: WorkloadView, attrs: Attributes,
+                   cache: DecisionCache) -> Decision:
     """The enforced verdict alone; results are shared immutable objects per deciding rule."""
     deny = view.deny
     if deny.rules:
         at = deny.first_position(attrs)
         if at >= 0:
-            decision: Decision | None = deny.outcomes[at]
-            if decision is None:
-                decision = deny.outcomes[at] = _deny_decision(policies, deny.rules[at])
-            return decision
+            return cache.decision(policies, deny.rules[at])
     if not view.has_allow:
         return NO_ALLOW_POLICY
     allow = view.allow
     at = allow.first_position(attrs)
     if at < 0:
         return NO_ALLOW_MATCH
-    decision = allow.outcomes[at]
-    if decision is None:
-        decision = allow.outcomes[at] = _allow_decision(policies, allow.rules[at])
-    return decision
+    return cache.decision(policies, allow.rules[at])
 
 
-def _deny_decision(policies: PolicySet, rule: CompiledRule) -> Decision:
-    key = ("deny", rule.policy_index, rule.index)
-    decision: Decision | None = policies.memo.get(key)
-    if decision is None:
-        custom = policies.policy(rule.policy_index).deny_response
-        decision = policies.memo[key] = Decision(
-            verdict="deny", status=custom.status, reason="matched a DENY policy",
-            decided_by=_ref(policies, rule), body=custom.body, response_headers=custom.headers,
-        )
-    return decision
-
-
-def _allow_decision(policies: PolicySet, rule: CompiledRule) -> Decision:
-    key = ("allow", rule.policy_index, rule.index)
-    decision: Decision | None = policies.memo.get(key)
-    if decision is None:
-        decision = policies.memo[key] = Decision(
-            verdict="allow", status=200, reason="matched an ALLOW policy",
-            decided_by=_ref(policies, rule),
-        )
-    return decision
-
-
-def authorize(policies: PolicySet, view: WorkloadView, attrs: Attributes) -> Decision:
+def authorize(policies: PolicySet, view: WorkloadView, attrs: Attributes,
+              cache: DecisionCache = DEFAULT_CACHE) -> Decision:
     """Steps 2-5 of Istio's evaluation over ``view``'s enforced policies (plus audit/dry-run)."""
-    decision = _base_decision(policies, view, attrs)
-    audit = _match(policies, view.audit, attrs) if view.audit.rules else None
+    decision = _base_decision(policies, view, attrs, cache)
+    audit = _match(policies, view.audit, attrs, cache) if view.audit.rules else None
     principal = attrs.auth_principal
     if audit is None and not view.has_dry_run and principal is None:
         return decision
     dry_denied, dry_reason, dry_by = False, None, None
     if view.has_dry_run:
-        dry_denied, dry_reason, dry_by = _dry_run(policies, view, attrs)
+        dry_denied, dry_reason, dry_by = _dry_run(policies, view, attrs, cache)
     return replace(decision, audit=audit, dry_run_denied=dry_denied, dry_run_reason=dry_reason,
                    dry_run_by=dry_by, principal=principal)
 
 
-def _dry_run(policies: PolicySet, view: WorkloadView,
-             attrs: Attributes) -> tuple[bool, str | None, RuleRef | None]:
-    denied = _match(policies, view.dry_deny, attrs) if len(view.dry_deny) else None
+def _dry_run(policies: PolicySet, view: WorkloadView, attrs: Attributes,
+             cache: DecisionCache) -> tuple[bool, str | None, RuleRef | None]:
+    denied = _match(policies, view.dry_deny, attrs, cache) if len(view.dry_deny) else None
     if denied is not None:
         return True, "matched a dry-run DENY policy", denied
-    if view.has_dry_allow and _match(policies, view.dry_allow, attrs) is None:
+    if view.has_dry_allow and _match(policies, view.dry_allow, attrs, cache) is None:
         return True, "no dry-run ALLOW policy matched", None
     return False, None, None
 
@@ -193,12 +223,13 @@ def decide(
     authn: AuthnOutcome = NO_TOKEN,
     *,
     trusted_proxies: int = 0,
+    cache: DecisionCache = DEFAULT_CACHE,
 ) -> Decision:
     """The full decision for ``request`` given the authentication outcome."""
     if authn.error is not None:
         return unauthenticated(authn.error, request)
     attrs = Attributes(request, authn.identity, trusted_proxies)
-    decision = authorize(policies, view, attrs)
+    decision = authorize(policies, view, attrs, cache)
     if decision.allowed and (authn.headers_to_add or authn.headers_to_remove
                              or authn.params_to_remove):
         return _with_authn_headers(decision, authn)

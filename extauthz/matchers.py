@@ -531,6 +531,9 @@ class FieldCheck:
     matcher: Matcher
     negate: bool = False
     many: bool = False
+    #: The model attribute the check comes from (Istio's name, e.g. ``path-matcher``,
+    #: ``request.headers[x-role]``): what indexing decisions read.
+    key: str = ""
     #: ``matches`` specialized once at load (what Clause and CompiledRule call per request).
     #: The compiler passes a test shared by every equal check (same attribute, matcher and
     #: polarity) of the policy set, so thousands of rules reuse a handful of test objects.

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from extauthz.engine import explain
+from extauthz.index import PathIndex
 from extauthz.jwt import AuthnOutcome
 from extauthz.matchers import Attributes, AuthIdentity, Template, template_regex
 
@@ -546,9 +547,7 @@ def _random_attrs(rng: random.Random, h: Any) -> Attributes:
 def test_residual_tests_agree_with_full_rules(h: Any, monkeypatch: pytest.MonkeyPatch,
                                               slash_probe_min: int) -> None:
     """Index + per-rule residual equals brute force, with "/" prefixes probed or bisected."""
-    from extauthz.policy import _PathIndex
-
-    monkeypatch.setattr(_PathIndex, "SLASH_PROBE_MIN", slash_probe_min)
+    monkeypatch.setattr(PathIndex, "SLASH_PROBE_MIN", slash_probe_min)
     rng = random.Random(5)
     ps = h.policies(_random_rules_policy(rng, 96))
     view = ps.view(NS)
@@ -557,28 +556,3 @@ def test_residual_tests_agree_with_full_rules(h: Any, monkeypatch: pytest.Monkey
         for index in (view.allow, view.deny):
             brute = next((r for r in index.rules if r.matches(attrs)), None)
             assert index.first_match(attrs) is brute
-
-
-def test_rules_share_equal_tests_and_drop_what_the_index_proves(h: Any) -> None:
-    """Equal checks share one test; a rule its index key fully decides has nothing left."""
-    from extauthz.policy import _always
-
-    ps = h.policies("---".join([
-        allow_policy('{from: [{source: {principals: ["a"]}}], '
-                     'to: [{operation: {paths: ["/x/*"]}}]}', "p1"),
-        allow_policy('{from: [{source: {principals: ["a"]}}], '
-                     'to: [{operation: {paths: ["/y"]}}]}', "p2"),
-        allow_policy('{to: [{operation: {paths: ["/orders/1"]}}]}', "p3"),
-        allow_policy('{to: [{operation: {hosts: ["A.com"], methods: ["GET"]}}]}', "p4"),
-        allow_policy('{to: [{operation: {hosts: ["b.com"], methods: ["GET"]}}]}', "p5"),
-        allow_policy('{to: [{operation: {paths: ["/t/{*}"]}}]}', "p6"),
-    ]))
-    r1, r2, r3, r4, r5, r6 = (p.rules[0] for p in ps.policies)
-    # Same principal check in two rules: one test object; the path the index hit is dropped.
-    assert r1.sources[0].checks[0].test is r2.sources[0].checks[0].test
-    assert r1.residual is r2.residual is r1.sources[0].checks[0].test
-    assert r3.residual is _always
-    # Host found by the index: only the (shared) method test is left.
-    assert r4.residual is r5.residual is r4.operations[0].checks[1].test
-    # A template's index key is only its literal head: the path is still tested.
-    assert r6.residual is r6.test is not _always

@@ -181,5 +181,8 @@ def remote_ip(
     if not chain:
         return None
     index = len(chain) - 1 - max(trusted_proxies, 0)
-    return chain[max(index, 0)]
+    chosen = chain[max(index, 0)]
+    # Envoy ignores an X-Forwarded-For hop that is not an IP address and keeps the peer's
+    # address as the remote address; Istio's remote.ip (RBAC remote_ip) follows it.
+    return chosen if parse_ip(chosen) is not None else source_ip
 

@@ -7,21 +7,37 @@ where our three services are; the output is one of:
 - ``--snippets``: the clusters, filters and per-route settings to paste into another Envoy,
 - ``--rate-limit-actions``: only the ``rate_limits`` derived from ``--ratelimit-config``,
 - ``--write-shipped [REPO]``: the checked-in ``envoy-configs/`` and ``compose/envoy/`` files.
+
+mTLS: ``--cert-dir DIR`` (what ``mixer ca issue --out DIR`` wrote) gives the proxy its mesh
+certificate; every upstream is then called with ISTIO_MUTUAL and a sidecar's inbound port
+takes the mode ``--peer-authentication PATH`` resolves for the workload (Istio's precedence),
+or ``--mtls MODE``; with neither, PERMISSIVE (Istio's mode when no policy applies).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from controlplane.envoy.model import Endpoint, MixerServices, ProxyOptions, Upstream, Workload
+from controlplane.envoy.model import (
+    DEFAULT_TRUST_DOMAIN,
+    Endpoint,
+    InboundMode,
+    MeshTls,
+    MixerServices,
+    ProxyOptions,
+    Upstream,
+    Workload,
+)
 from controlplane.envoy.ratelimit_actions import actions_from_config, rate_limits_block
 from controlplane.envoy.render import message_to_data, to_yaml, yaml_text
 from controlplane.envoy.roles import egress_gateway, ingress_gateway, sidecar
 from controlplane.envoy.shipped import write_shipped
 from controlplane.envoy.snippets import snippets
+from controlplane.security import PeerAuthentication, effective_mtls, load_peer_authentications
 from envoy_mixer.common.errors import ConfigError
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -86,6 +102,22 @@ def register(subparsers: Any) -> None:
                    metavar="HOST:PORT")
     p.add_argument("--tracing", type=_endpoint, default=None, metavar="HOST:PORT",
                    help="OTLP/gRPC collector (e.g. Jaeger :4317) to enable Envoy tracing")
+    p.add_argument("--service-account", default=None,
+                   help="service account the workload runs as (default: the workload name; "
+                        "Istio's istio-<role>gateway-service-account for gateways)")
+    p.add_argument("--cert-dir", type=Path, default=None, metavar="DIR",
+                   help="the proxy's mesh certificate directory (`mixer ca issue --out DIR`): "
+                        "turns on mTLS")
+    p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN,
+                   help="SPIFFE trust domain of the mesh (default cluster.local)")
+    p.add_argument("--peer-authentication", type=Path, default=None, metavar="PATH",
+                   help="Istio PeerAuthentication file or directory deciding the inbound mode "
+                        "(and plaintext to DISABLE upstreams)")
+    p.add_argument("--root-namespace", default="istio-system",
+                   help="Istio's root namespace for mesh-wide policies (default istio-system)")
+    p.add_argument("--mtls", choices=["STRICT", "PERMISSIVE", "DISABLE"], default=None,
+                   help="inbound mode, over --peer-authentication (needs --cert-dir unless "
+                        "DISABLE)")
     p.add_argument("--ratelimit-config", type=Path, default=None, metavar="PATH",
                    help="ratelimit config to derive the route rate_limits actions from")
     p.add_argument("--ratelimit-domain", default=None,
@@ -108,8 +140,31 @@ def _workload(args: argparse.Namespace) -> Workload:
     labels = list(args.label)
     if gateway and not any(k == "istio" for k, _ in labels):
         labels.append(("istio", f"{args.role}gateway"))
+    account = args.service_account or (
+        f"istio-{args.role}gateway-service-account" if gateway and not args.workload else None)
     return Workload(name, namespace, app=args.app, version=args.version,
-                    extra_labels=tuple(labels), ip=args.ip)
+                    extra_labels=tuple(labels), ip=args.ip, service_account=account)
+
+
+def _mode(args: argparse.Namespace, policies: Sequence[PeerAuthentication], namespace: str,
+          labels: dict[str, str]) -> InboundMode:
+    if args.mtls is not None:
+        mode: InboundMode = args.mtls
+        return mode
+    return effective_mtls(policies, namespace=namespace, labels=labels,
+                          root_namespace=args.root_namespace).for_port(args.service_port)
+
+
+def mesh_tls(args: argparse.Namespace, workload: Workload,
+             policies: Sequence[PeerAuthentication]) -> MeshTls | None:
+    """The proxy's mTLS settings from the flags; None for plaintext (no --cert-dir)."""
+    mode = _mode(args, policies, workload.namespace, workload.labels)
+    if args.cert_dir is None:
+        if args.mtls not in (None, "DISABLE"):
+            raise ConfigError(f"--mtls {args.mtls} needs --cert-dir (the proxy's certificate)")
+        return None
+    return MeshTls(cert_dir=str(args.cert_dir.resolve()), mode=mode,
+                   trust_domain=args.trust_domain)
 
 
 def build(args: argparse.Namespace) -> str:
@@ -125,13 +180,20 @@ def build(args: argparse.Namespace) -> str:
     if args.snippets:
         proxy_type = "sidecar" if args.role == "sidecar" else "router"
         return snippets(services, workload, domain, actions, proxy_type)
+    policies = (tuple(load_peer_authentications(args.peer_authentication))
+                if args.peer_authentication is not None else ())
     options = ProxyOptions(listen_host=args.listen_host, admin=args.admin,
                            ratelimit_domain=domain, rate_limits=tuple(actions),
-                           tracing=args.tracing)
+                           tracing=args.tracing, tls=mesh_tls(args, workload, policies))
     upstreams = []
     for name, address in args.upstream:
         service, _, ns = name.partition(".")
-        upstreams.append(Upstream(service, address, ns or "default", args.service_port))
+        # Istio's auto mTLS: plaintext only to a destination whose policy says DISABLE.
+        peer_mode = effective_mtls(policies, namespace=ns or "default", labels={"app": service},
+                                   root_namespace=args.root_namespace).for_port(
+                                       args.service_port)
+        upstreams.append(Upstream(service, address, ns or "default", args.service_port,
+                                  mtls=peer_mode != "DISABLE"))
     if args.role == "sidecar":
         config = sidecar(workload, services, options, inbound_port=args.inbound_port,
                          app=args.app_address, outbound_port=args.outbound_port,

@@ -10,7 +10,7 @@ import importlib
 import sys
 import time
 
-SUITES = ("ratelimit", "authz", "telemetry")
+SUITES = ("ratelimit", "authz", "telemetry", "cli")
 
 
 def main(argv: list[str]) -> int:

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from envoy_mixer.common.errors import ConfigError, ConfigErrors
-from envoy_mixer.common.yamlsrc import config_files, load_file
 
 KINDS = ("authz", "ratelimit", "telemetry")
 
@@ -56,6 +55,8 @@ def detect_kind(path: Path) -> str:
 
     Raises ConfigError on bad YAML and UnknownKind when no document says what it is.
     """
+    from envoy_mixer.common.yamlsrc import load_file  # late: registering must not load YAML
+
     docs = load_file(path)
     maps = [doc.data for doc in docs if isinstance(doc.data, dict)]
     for data in maps:
@@ -121,6 +122,7 @@ def _load_group(kind: str, root: Path, files: list[Path], whole: bool,
         load_texts([(f.name, f.read_text(encoding="utf-8")) for f in files],
                    merge_domains=merge_domains)
     elif kind == "authz":
+        from envoy_mixer.common.yamlsrc import load_file
         from extauthz.policy import compile_documents
 
         compile_documents([doc for f in files for doc in load_file(f)], base_dir=root)
@@ -209,6 +211,8 @@ def _check_directory(root: Path, files: list[Path], kind: str | None, merge_doma
 def check_paths(paths: Sequence[Path], kind: str | None = None,
                 out: Any = None, err: Any = None, merge_domains: bool = False) -> int:
     """Check every PATH (file or directory), print the results; returns the exit code."""
+    from envoy_mixer.common.yamlsrc import config_files
+
     out = out or sys.stdout
     err = err or sys.stderr
     failed = 0

@@ -77,3 +77,19 @@ def test_help_imports_no_provider_nor_heavy_library() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("command", ["ratelimit", "telemetry", "check"])
+def test_service_providers_register_without_heavy_imports(command: str) -> None:
+    """`mixer ratelimit|telemetry|check --help` loads no gRPC, YAML or Prometheus library."""
+    script = textwrap.dedent(f"""
+        import sys
+        from envoy_mixer.cli.main import build_parser
+        build_parser(only={command!r})
+        heavy = {HEAVY!r}
+        print(",".join(sorted(m for m in sys.modules
+                              if any(m == p or m.startswith(p + ".") for p in heavy))))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -113,3 +114,55 @@ def test_cli_output_validates_in_envoy(tmp_path: Path, capsys: pytest.CaptureFix
     path.write_text(capsys.readouterr().out)
     result = procs.validate_envoy_config(path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _listener(config: dict[str, Any], name: str) -> dict[str, Any]:
+    for item in config["static_resources"]["listeners"]:
+        if item["name"] == name:
+            return dict(item)
+    raise AssertionError(f"no listener {name}")
+
+
+def test_cli_mtls_from_cert_dir_and_peer_authentication(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--cert-dir + --peer-authentication: STRICT inbound, ISTIO_MUTUAL to the upstream."""
+    code = cli.main([
+        "envoy-config", "--workload", "reviews", "--namespace", "shop", "--cert-dir",
+        str(tmp_path / "certs"), "--peer-authentication",
+        str(REPO / "examples" / "peer-authentication.yaml"), "--outbound-port", "15001",
+        "--upstream", "ratings.shop=127.0.0.1:9106"])
+    assert code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["node"]["metadata"]["SERVICE_ACCOUNT"] == "reviews"
+    (chain,) = _listener(config, "inbound")["filter_chains"]
+    assert chain["name"] == "mtls"
+    server = chain["transport_socket"]["typed_config"]
+    assert server["require_client_certificate"] is True
+    assert server["common_tls_context"]["tls_certificate_sds_secret_configs"][0][
+        "sds_config"]["path_config_source"]["path"] == f"{tmp_path}/certs/default.json"
+    client = _cluster(config, "outbound|8080||ratings.shop.svc.cluster.local")
+    tls = client["transport_socket"]["typed_config"]  # type: ignore[index]
+    assert tls["sni"] == "outbound_.8080_._.ratings.shop.svc.cluster.local"
+    assert tls["common_tls_context"]["combined_validation_context"][
+        "default_validation_context"]["match_typed_subject_alt_names"][0]["matcher"] == {
+        "exact": "spiffe://cluster.local/ns/shop/sa/ratings"}
+
+
+def test_cli_mtls_override_and_its_errors(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """--mtls PERMISSIVE gives two chains; a mode needing a cert without --cert-dir is an error."""
+    assert cli.main(["envoy-config", "--cert-dir", str(tmp_path), "--mtls", "PERMISSIVE"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert [c["name"] for c in _listener(config, "inbound")["filter_chains"]] == [
+        "mtls", "plaintext"]
+    assert cli.main(["envoy-config", "--mtls", "STRICT"]) == 1
+    assert capsys.readouterr().err == (
+        "error: --mtls STRICT needs --cert-dir (the proxy's certificate)\n")
+
+
+def test_cli_gateways_run_as_istio_service_accounts(capsys: pytest.CaptureFixture[str]) -> None:
+    """An ingress gateway's node metadata names Istio's gateway service account."""
+    assert cli.main(["envoy-config", "--role", "ingress", "--upstream",
+                     "frontend=127.0.0.1:8091"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["node"]["metadata"]["SERVICE_ACCOUNT"] == "istio-ingressgateway-service-account"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from envoy.config.core.v3.base_pb2 import HeaderValueOption
 from envoy.config.core.v3.config_source_pb2 import ApiVersion
-from envoy.extensions.access_loggers.grpc.v3.als_pb2 import HttpGrpcAccessLogConfig
+from envoy.extensions.access_loggers.grpc.v3.als_pb2 import (
+    HttpGrpcAccessLogConfig,
+    TcpGrpcAccessLogConfig,
+)
 from envoy.extensions.filters.http.ext_authz.v3.ext_authz_pb2 import ExtAuthz
 from envoy.extensions.filters.http.grpc_stats.v3.config_pb2 import FilterConfig as GrpcStats
 from envoy.extensions.filters.http.header_mutation.v3.header_mutation_pb2 import HeaderMutation
@@ -22,8 +25,10 @@ from controlplane.envoy.filters import (
     ext_authz_filter,
     grpc_stats_filter,
     http_filters,
+    peer_request_strip_filter,
     peer_stash_filter,
     ratelimit_filter,
+    tcp_access_log,
 )
 from controlplane.envoy.model import MixerServices, Workload
 from extauthz import server
@@ -144,3 +149,32 @@ def test_per_route_authz_carries_identity_or_disables() -> None:
     assert ext.context_extensions["workload"] == "reviews"
     assert ext.context_extensions["label.version"] == "v2"
     assert authz_disabled().disabled is True
+
+
+def test_peer_request_strip_removes_both_peer_headers() -> None:
+    """The strip filter removes client-sent x-mixer-peer-metadata and -id from requests."""
+    config = HeaderMutation()
+    assert peer_request_strip_filter().typed_config.Unpack(config)
+    assert [m.remove for m in config.mutations.request_mutations] == [
+        "x-mixer-peer-metadata", "x-mixer-peer-metadata-id"]
+    assert http_filters(MixerServices(), None, strip_peer_request=True,
+                        strip_peer_response=True)[0].name == "envoy.filters.http.header_mutation"
+
+
+def test_client_side_loggers_tag_the_upstream_certificate_sans() -> None:
+    """upstream_sans adds Envoy-formatted upstream peer/local URI SAN tags (HTTP and TCP)."""
+    http = HttpGrpcAccessLogConfig()
+    assert access_log(MixerServices(), "sidecar-outbound", upstream_sans=True).typed_config.Unpack(
+        http)
+    tags = {t.tag: t.value for t in http.common_config.custom_tags if t.value}
+    assert tags == {"upstream_peer_uri_san": "%UPSTREAM_PEER_URI_SAN%",
+                    "upstream_local_uri_san": "%UPSTREAM_LOCAL_URI_SAN%"}
+    tcp = TcpGrpcAccessLogConfig()
+    logger = tcp_access_log(MixerServices(), "sidecar-outbound-tcp", upstream_sans=True)
+    assert logger.name == "envoy.access_loggers.tcp_grpc" and logger.typed_config.Unpack(tcp)
+    assert tcp.common_config.log_name == "sidecar-outbound-tcp"
+    assert {t.tag for t in tcp.common_config.custom_tags} == {
+        "istio.services", "upstream_peer_uri_san", "upstream_local_uri_san"}
+    plain = HttpGrpcAccessLogConfig()
+    assert access_log(MixerServices(), "sidecar-inbound").typed_config.Unpack(plain)
+    assert [t.tag for t in plain.common_config.custom_tags] == ["istio.services"]

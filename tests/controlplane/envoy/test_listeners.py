@@ -1,15 +1,24 @@
-"""controlplane.envoy.listeners: the HTTP connection manager, tracing, the listener."""
+"""controlplane.envoy.listeners: the HTTP connection manager, tracing, listeners per mTLS mode."""
 
 from __future__ import annotations
 
+import pytest
+from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.trace.v3.opentelemetry_pb2 import OpenTelemetryConfig
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (  # noqa: E501
     HttpConnectionManager,
 )
 
 from controlplane.envoy.filters import router_filter
-from controlplane.envoy.listeners import http_connection_manager, listener, tracing_config
+from controlplane.envoy.listeners import (
+    http_connection_manager,
+    inbound_listener,
+    listener,
+    tracing_config,
+)
+from controlplane.envoy.model import InboundMode, MeshTls
 from controlplane.envoy.routes import route_configuration
+from controlplane.envoy.tls import downstream_tls
 
 
 def _hcm(*, edge: bool = False) -> HttpConnectionManager:
@@ -59,3 +68,51 @@ def test_listener_holds_one_hcm() -> None:
     assert hcm_filter.name == "envoy.filters.network.http_connection_manager"
     unpacked = HttpConnectionManager()
     assert hcm_filter.typed_config.Unpack(unpacked) and unpacked == _hcm()
+
+
+def _inbound(mode: InboundMode) -> Listener:
+    server = downstream_tls(MeshTls("/certs")) if mode != "DISABLE" else None
+    return inbound_listener("inbound", "127.0.0.1", 15006, mode, mtls=_hcm(edge=False),
+                            plaintext=_hcm(edge=True), server_tls=server)
+
+
+def test_strict_inbound_is_one_mtls_chain() -> None:
+    """STRICT: a single chain with the server TLS socket, no inspector, no plaintext chain."""
+    out = _inbound("STRICT")
+    assert [c.name for c in out.filter_chains] == ["mtls"]
+    assert out.filter_chains[0].transport_socket.name == "envoy.transport_sockets.tls"
+    assert not out.listener_filters
+
+
+def test_permissive_inbound_inspects_and_splits_tls_from_plaintext() -> None:
+    """PERMISSIVE: tls_inspector, mTLS chain on Istio's ALPNs, plaintext chain on raw_buffer."""
+    out = _inbound("PERMISSIVE")
+    assert [f.name for f in out.listener_filters] == ["envoy.filters.listener.tls_inspector"]
+    mtls, plain = out.filter_chains
+    assert (mtls.name, plain.name) == ("mtls", "plaintext")
+    assert mtls.filter_chain_match.transport_protocol == "tls"
+    assert "istio" in mtls.filter_chain_match.application_protocols
+    assert plain.filter_chain_match.transport_protocol == "raw_buffer"
+    assert not plain.HasField("transport_socket")
+    hcm = HttpConnectionManager()
+    assert plain.filters[0].typed_config.Unpack(hcm) and hcm.use_remote_address.value is True
+
+
+def test_disable_inbound_is_plaintext_only() -> None:
+    """DISABLE: one plaintext chain; any other mode without a certificate is an error."""
+    out = _inbound("DISABLE")
+    assert [c.name for c in out.filter_chains] == ["plaintext"]
+    assert not out.filter_chains[0].HasField("transport_socket")
+    with pytest.raises(ValueError, match="STRICT needs a certificate"):
+        inbound_listener("inbound", "127.0.0.1", 1, "STRICT", mtls=_hcm(), plaintext=_hcm(),
+                         server_tls=None)
+
+
+def test_mtls_chain_hands_the_verified_peer_to_the_app() -> None:
+    """client_cert: XFCC replaced by the verified peer's (URI); otherwise Envoy's default."""
+    hcm = http_connection_manager(
+        stat_prefix="inbound", route_config=route_configuration("inbound", []),
+        http_filters=[router_filter()], access_logs=[], edge=False, client_cert=True)
+    assert hcm.forward_client_cert_details == HttpConnectionManager.SANITIZE_SET
+    assert hcm.set_current_client_cert_details.uri is True
+    assert _hcm().forward_client_cert_details == HttpConnectionManager.SANITIZE

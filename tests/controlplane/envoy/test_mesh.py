@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (  # noqa: E501
     HttpConnectionManager,
 )
 
-from controlplane.envoy.mesh import compose_mesh, local_mesh, render_mesh, service_admin_ports
+from controlplane.envoy.mesh import (
+    MeshSecurity,
+    compose_mesh,
+    local_mesh,
+    render_mesh,
+    service_admin_ports,
+)
 from controlplane.envoy.model import Endpoint
 from controlplane.envoy.ratelimit_actions import action_for
+from controlplane.security import PeerAuthentication, load_text
+
+MESH_STRICT = """\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"""
 
 
 def test_render_mesh_gives_every_proxy() -> None:
@@ -55,3 +70,51 @@ def test_compose_mesh_uses_service_names_and_dns_clusters() -> None:
     assert (address.socket_address.address, address.socket_address.port_value) == ("authz", 9191)
     assert "mixer_tracing" in clusters
     assert config.static_resources.listeners[0].address.socket_address.address == "0.0.0.0"
+
+
+def _policies(text: str) -> tuple[PeerAuthentication, ...]:
+    return tuple(load_text(text, "pa.yaml"))
+
+
+def _chains(bootstrap: Bootstrap) -> list[str]:
+    (inbound,) = [x for x in bootstrap.static_resources.listeners if x.name == "inbound"]
+    return [c.name for c in inbound.filter_chains]
+
+
+def _tls_clusters(bootstrap: Bootstrap) -> list[str]:
+    return [c.name for c in bootstrap.static_resources.clusters if c.HasField("transport_socket")]
+
+
+def test_mesh_security_follows_peer_authentication() -> None:
+    """Mesh-wide STRICT, backend PERMISSIVE by selector: chains per sidecar, mTLS everywhere."""
+    policies = _policies(MESH_STRICT + """---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: backend, namespace: default}
+spec:
+  selector: {matchLabels: {app: backend}}
+  mtls: {mode: PERMISSIVE}
+""")
+    rendered = render_mesh(local_mesh(), security=MeshSecurity("/certs/", policies))
+    assert _chains(rendered["sidecar-frontend"]) == ["mtls"]
+    assert _chains(rendered["sidecar-backend"]) == ["mtls", "plaintext"]
+    assert _tls_clusters(rendered["sidecar-frontend"]) == [
+        "outbound|8080||backend.default.svc.cluster.local"]
+    assert _tls_clusters(rendered["ingress-gateway"]) == [
+        "outbound|8080||frontend.default.svc.cluster.local"]
+    assert MeshSecurity("/certs/", policies).tls("ingress-gateway").cert_dir == "/certs/ingress"
+
+
+def test_a_disabled_destination_is_called_in_plaintext() -> None:
+    """--mtls DISABLE (or a DISABLE policy): plaintext inbound and no client TLS to it."""
+    rendered = render_mesh(local_mesh(), security=MeshSecurity(
+        "/certs", _policies(MESH_STRICT), mode_override="DISABLE"))
+    assert _chains(rendered["sidecar-backend"]) == ["plaintext"]
+    assert _tls_clusters(rendered["sidecar-frontend"]) == []
+
+
+def test_without_security_the_mesh_is_plaintext() -> None:
+    """No MeshSecurity: no certificate anywhere, inbound plaintext (as DISABLE)."""
+    rendered = render_mesh(local_mesh())
+    assert _chains(rendered["sidecar-backend"]) == ["plaintext"]
+    assert all(not _tls_clusters(b) for b in rendered.values())

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from controlplane.envoy.model import Endpoint, Upstream, Workload
+from controlplane.envoy.model import Endpoint, Upstream, Workload, spiffe_uri
 
 
 def test_endpoint_parse_rejects_garbage() -> None:
@@ -40,3 +40,25 @@ def test_upstream_names_follow_istio() -> None:
     up = Upstream("ratings", Endpoint("127.0.0.1", 9106), "shop", 9080)
     assert up.cluster_name == "outbound|9080||ratings.shop.svc.cluster.local"
     assert "ratings.shop:9080" in up.domains and "ratings" in up.domains
+
+
+def test_identities_are_spiffe_ids_of_service_accounts() -> None:
+    """A workload's SA defaults to its name; it is in node metadata and the peer header."""
+    wl = Workload("reviews", "shop")
+    assert wl.principal() == "spiffe://cluster.local/ns/shop/sa/reviews"
+    assert wl.metadata()["SERVICE_ACCOUNT"] == "reviews"
+    gateway = Workload("istio-ingressgateway", "istio-system",
+                       service_account="istio-ingressgateway-service-account")
+    assert gateway.principal("example.org") == spiffe_uri(
+        "example.org", "istio-system", "istio-ingressgateway-service-account")
+    assert json.loads(base64.b64decode(gateway.peer_metadata_header()))["SERVICE_ACCOUNT"] == (
+        "istio-ingressgateway-service-account")
+
+
+def test_upstream_identity_and_sni_follow_istio() -> None:
+    """The SAN checked is the destination SA's SPIFFE id; SNI outbound_.PORT_._.FQDN."""
+    up = Upstream("ratings", Endpoint("127.0.0.1", 9106), "shop", 9080)
+    assert up.principal() == "spiffe://cluster.local/ns/shop/sa/ratings"
+    assert up.sni == "outbound_.9080_._.ratings.shop.svc.cluster.local"
+    assert Upstream("ratings", Endpoint("h", 1), service_account="sa1").principal().endswith(
+        "/sa/sa1")

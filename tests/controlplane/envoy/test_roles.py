@@ -8,13 +8,22 @@ from pathlib import Path
 import pytest
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.extensions.access_loggers.grpc.v3.als_pb2 import HttpGrpcAccessLogConfig
 from envoy.extensions.filters.http.ext_authz.v3.ext_authz_pb2 import ExtAuthzPerRoute
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (  # noqa: E501
     HttpConnectionManager,
 )
 
 from controlplane.envoy.mesh import EGRESS, FRONTEND, INGRESS
-from controlplane.envoy.model import Endpoint, MixerServices, ProxyOptions, Upstream
+from controlplane.envoy.model import (
+    Endpoint,
+    MeshTls,
+    MixerServices,
+    ProxyOptions,
+    TcpInbound,
+    TcpOutbound,
+    Upstream,
+)
 from controlplane.envoy.ratelimit_actions import action_for
 from controlplane.envoy.render import to_yaml
 from controlplane.envoy.roles import (
@@ -191,3 +200,32 @@ spec:
     finally:
         app.shutdown()
         app.server_close()
+
+
+def test_sidecar_with_a_certificate_speaks_mesh_mtls_over_http_and_tcp() -> None:
+    """tls: STRICT inbound (HTTP and TCP), ISTIO_MUTUAL clusters, upstream SAN log tags."""
+    tls = MeshTls("/certs/frontend")
+    tcp_up = Upstream("db", Endpoint("127.0.0.1", 9500), port=5432)
+    config = sidecar(
+        FRONTEND, SERVICES, ProxyOptions(tls=tls), inbound_port=8091,
+        app=Endpoint("127.0.0.1", 8090), outbound_port=8092,
+        upstreams=[BACKEND_UP, Upstream("legacy", Endpoint("127.0.0.1", 8201), mtls=False)],
+        tcp_inbound=[TcpInbound(8094, 9000, Endpoint("127.0.0.1", 9001))],
+        tcp_outbound=[TcpOutbound(8095, tcp_up)])
+    listeners = {item.name: item for item in config.static_resources.listeners}
+    assert set(listeners) == {"inbound", "outbound", "inbound_tcp_9000", "outbound_tcp_8095"}
+    for name in ("inbound", "inbound_tcp_9000"):
+        assert [c.name for c in listeners[name].filter_chains] == ["mtls"], name
+    assert listeners["inbound_tcp_9000"].filter_chains[0].filters[0].name == (
+        "envoy.filters.network.tcp_proxy")
+    secured = [c.name for c in config.static_resources.clusters
+               if c.HasField("transport_socket")]
+    assert secured == ["outbound|8080||backend.default.svc.cluster.local",
+                       "outbound|5432||db.default.svc.cluster.local"]
+    assert _cluster(config, "inbound|9000||").metadata.filter_metadata["istio"]
+    # mTLS chain: no strip (the peer is verified); the outbound log tags upstream SANs.
+    names = [f.name for f in _hcm(config, "inbound").http_filters]
+    assert names.count("envoy.filters.http.header_mutation") == 1  # the direct-peer one only
+    outbound_log = HttpGrpcAccessLogConfig()
+    assert _hcm(config, "outbound").access_log[0].typed_config.Unpack(outbound_log)
+    assert "upstream_peer_uri_san" in {t.tag for t in outbound_log.common_config.custom_tags}

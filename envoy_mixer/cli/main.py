@@ -49,6 +49,14 @@ COMMANDS: tuple[Command, ...] = (
             "validate a mesh directory of Istio files and analyze it across files"),
     Command("ca", "controlplane.ca.cli",
             "mesh certificate authority (Istio's Citadel): SPIFFE workload certificates"),
+    Command("pilot", "controlplane.xds.commands.pilot",
+            "the xDS control plane (Istio's Pilot): serve each Envoy of the mesh over ADS"),
+    Command("envoy-config-xds", "controlplane.xds.commands.envoy_config_xds",
+            "the minimal bootstrap of an Envoy served by mixer pilot"),
+    Command("proxy-status", "controlplane.xds.commands.proxy_status",
+            "every proxy connected to mixer pilot, per type SYNCED/STALE/NACKED"),
+    Command("proxy-config", "controlplane.xds.commands.proxy_config",
+            "what mixer pilot pushed to a proxy (listeners, routes, clusters, ...)"),
 )
 
 #: The provider modules, in ``--help`` order.

@@ -1,0 +1,64 @@
+"""The minimal bootstrap of an Envoy served by ``mixer pilot``: who it is and where xDS is.
+
+Only the node identity (Istio's node id and metadata, ``INTERCEPTION_MODE: NONE``), the
+``xds-grpc`` cluster (HTTP/2; TLS with the workload's bootstrap certificate from
+``mixer ca issue`` when a certificate directory is given), ``ads_config`` with LDS and CDS over
+ADS, and the admin address. Everything else comes over xDS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
+from envoy.config.core.v3.config_source_pb2 import ApiConfigSource, ApiVersion
+from envoy.extensions.transport_sockets.tls.v3.common_pb2 import SubjectAltNameMatcher
+from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import UpstreamTlsContext
+
+from controlplane.ca.files import CERT_CHAIN, KEY, ROOT_CERT
+from controlplane.envoy.bootstrap import node as build_node
+from controlplane.envoy.clusters import cluster
+from controlplane.envoy.core import envoy_grpc, pack, socket_address
+from controlplane.envoy.model import Endpoint, Workload
+from controlplane.pilot.tls import TLS_SOCKET, ads_source
+
+__all__ = ["XDS_CLUSTER", "xds_bootstrap"]
+
+#: Istio's name for the xDS cluster.
+XDS_CLUSTER = "xds-grpc"
+
+
+def xds_bootstrap(workload: Workload, proxy_type: str, *, xds: Endpoint, admin: Endpoint,
+                  cert_dir: Path | None = None, server_san: str | None = None) -> Bootstrap:
+    """The bootstrap; ``cert_dir`` holds ``cert-chain.pem``, ``key.pem``, ``root-cert.pem``.
+
+    ``server_san``: the control plane's SPIFFE id to require (None: any certificate that
+    chains to the mesh root).
+    """
+    out = Bootstrap(node=build_node(workload, proxy_type))
+    out.node.metadata.update({"INTERCEPTION_MODE": "NONE"})
+    ads = out.dynamic_resources.ads_config
+    ads.api_type = ApiConfigSource.GRPC
+    ads.transport_api_version = ApiVersion.V3
+    ads.set_node_on_first_message_only = True
+    ads.grpc_services.append(envoy_grpc(XDS_CLUSTER))
+    out.dynamic_resources.lds_config.CopyFrom(ads_source())
+    out.dynamic_resources.cds_config.CopyFrom(ads_source())
+    xds_cluster = cluster(XDS_CLUSTER, [xds], http2=True)
+    if cert_dir is not None:
+        context = UpstreamTlsContext()
+        common = context.common_tls_context
+        # gRPC servers negotiate HTTP/2 by ALPN.
+        common.alpn_protocols.append("h2")
+        certificate = common.tls_certificates.add()
+        certificate.certificate_chain.filename = str(cert_dir / CERT_CHAIN)
+        certificate.private_key.filename = str(cert_dir / KEY)
+        common.validation_context.trusted_ca.filename = str(cert_dir / ROOT_CERT)
+        if server_san:
+            common.validation_context.match_typed_subject_alt_names.add(
+                san_type=SubjectAltNameMatcher.URI, matcher={"exact": server_san})
+        xds_cluster.transport_socket.name = TLS_SOCKET
+        xds_cluster.transport_socket.typed_config.CopyFrom(pack(context))
+    out.static_resources.clusters.append(xds_cluster)
+    out.admin.address.CopyFrom(socket_address(admin.host, admin.port))
+    return out

@@ -1,0 +1,107 @@
+"""Helpers of the real-Envoy tests: the demo mesh on free ports, certificates, bootstraps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from controlplane.ca.files import write_bundle
+from controlplane.ca.identity import SpiffeId
+from controlplane.ca.store import init_ca
+from controlplane.envoy.model import Endpoint, Workload
+from controlplane.envoy.render import to_yaml
+from controlplane.xds.bootstrap import xds_bootstrap
+from envoy_mixer.dev import procs
+
+DEMO = Path(__file__).resolve().parents[1] / "mesh" / "testdata" / "demo"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+#: The demo's bound ports (sidecar ingress/egress, the apps) that a test moves to free ones.
+DEMO_PORTS = (8090, 8091, 8092, 8100, 8101)
+
+
+@dataclass(frozen=True)
+class MeshDir:
+    """A copy of the demo mesh whose bound ports are free ones (``ports[demo_port]``)."""
+
+    path: Path
+    ports: dict[int, int]
+
+
+def demo_mesh(dest: Path) -> MeshDir:
+    """Copy the demo mesh into ``dest`` with each bound port replaced by a free one."""
+    shutil.copytree(DEMO, dest)
+    ports = {p: procs.free_port() for p in DEMO_PORTS}
+    for name in ("sidecars.yaml", "workloads.yaml"):
+        text = (dest / name).read_text()
+        for old, new in ports.items():
+            text = text.replace(str(old), str(new))
+        (dest / name).write_text(text)
+    # mTLS as mixer up runs it: STRICT mesh-wide, ISTIO_MUTUAL to the backend (the policy
+    # admits the frontend by its certificate's principal).
+    rules = dest / "destinationrules.yaml"
+    rules.write_text(rules.read_text().replace("tls: {mode: DISABLE}", "tls: {mode: ISTIO_MUTUAL}"))
+    shutil.copy(EXAMPLES / "peer-authentication.yaml", dest / "peer-authentication.yaml")
+    return MeshDir(dest, ports)
+
+
+def issue(ca_dir: Path, out: Path, namespace: str, account: str) -> Path:
+    """A bootstrap certificate for ``namespace``/``account`` in ``out`` (CA made if needed)."""
+    ca = init_ca(ca_dir, "cluster.local", clock=lambda: datetime.now(UTC)).ca
+    return write_bundle(out, ca.issue(SpiffeId("cluster.local", namespace, account),
+                                      now=datetime.now(UTC)))
+
+
+def bootstrap(workload: str, app: str, xds: int, admin: int, cert_dir: Path | None) -> str:
+    """The minimal bootstrap of the proxy of WorkloadEntry ``workload`` (namespace default)."""
+    ident = Workload(name=app, namespace="default", pod=workload)
+    san = "spiffe://cluster.local/ns/istio-system/sa/istiod" if cert_dir else None
+    return to_yaml(xds_bootstrap(ident, "sidecar", xds=Endpoint("127.0.0.1", xds),
+                                 admin=Endpoint("127.0.0.1", admin), cert_dir=cert_dir,
+                                 server_san=san))
+
+
+def app_process(name: str, port: int, log: Path) -> procs.ManagedProcess:
+    """The demo HTTP app on ``port``."""
+    return procs.ManagedProcess(
+        name=f"app {name}", log_path=log,
+        argv=[sys.executable, "-m", "envoy_mixer.dev.demo.app", "--name", name,
+              "--port", str(port)],
+        ready=lambda: procs.tcp_ok(port))
+
+
+def http(url: str, host: str | None = None) -> tuple[int, dict[str, str], str]:
+    """GET ``url`` (with ``Host``): status, headers (lower-case) and body."""
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            headers = {k.lower(): v for k, v in resp.headers.items()}
+            return resp.status, headers, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read().decode()
+
+
+def get_json(url: str) -> object:
+    """GET ``url`` as JSON."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    """Poll ``check`` until it holds (or fail after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"not reached within {timeout}s: {what}")

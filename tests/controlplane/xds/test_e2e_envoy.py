@@ -1,0 +1,173 @@
+"""Real Envoys served by a real ``mixer pilot`` (slow: processes on free ports)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
+
+from envoy_mixer.dev import procs
+from tests.controlplane.xds.mesh_run import (
+    app_process,
+    bootstrap,
+    demo_mesh,
+    eventually,
+    get_json,
+    http,
+    issue,
+)
+
+pytestmark = pytest.mark.slow
+
+Start = Callable[..., procs.ManagedProcess]
+
+
+def _services(start_mixer: Start, free_port: Callable[[], int], mesh: Path) -> list[str]:
+    """Start authz, ratelimit and telemetry; return the pilot flags naming them."""
+    flags: list[str] = []
+    for name, config in (("authz", ["--policy", str(mesh / "policy.yaml")]),
+                         ("ratelimit", ["--config", str(mesh / "ratelimit.yaml")]),
+                         ("telemetry", [])):
+        port, admin = free_port(), free_port()
+        start_mixer([name, *config, "--listen", f"127.0.0.1:{port}",
+                     "--admin", f"127.0.0.1:{admin}"], admin)
+        flags += [f"--{name}", f"127.0.0.1:{port}"]
+        if name == "telemetry":
+            flags += ["--telemetry-admin", str(admin)]
+    return flags
+
+
+def _status(admin: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "envoy_mixer.cli", "proxy-status", "--json",
+         "--xds", f"127.0.0.1:{admin}"], capture_output=True, text=True, check=True, timeout=30)
+    return {p["proxy"]: p for p in json.loads(out.stdout) if p["connected"]}
+
+
+def _synced(admin: int, proxy: str) -> bool:
+    status = _status(admin).get(proxy)
+    return status is not None and all(
+        t["state"] in ("SYNCED", "NOT SENT") for t in status["types"].values()) and \
+        status["types"]["LDS"]["state"] == "SYNCED"
+
+
+def test_two_envoys_route_get_pushes_nack_and_survive_a_restart(
+    tmp_path: Path, start_envoy: Start, start_mixer: Start, free_port: Callable[[], int],
+) -> None:
+    """frontend -> backend through pilot-served Envoys: policy, telemetry, a VirtualService
+    edit, a NACK kept out of service, and a control-plane restart without dropped traffic."""
+    mesh = demo_mesh(tmp_path / "mesh")
+    flags = _services(start_mixer, free_port, mesh.path)
+    telemetry_admin = int(flags.pop())
+    flags.pop()
+    xds, admin = free_port(), free_port()
+    pilot_args = ["pilot", "--mesh", str(mesh.path), "--listen", f"127.0.0.1:{xds}",
+                  "--admin", f"127.0.0.1:{admin}", "--ca-dir", str(tmp_path / "ca"), *flags]
+    certs = {n: issue(tmp_path / "ca", tmp_path / "certs" / n, "default", n)
+             for n in ("frontend", "backend")}
+    pilot = start_mixer(pilot_args, admin)
+    backend_app = app_process("backend", mesh.ports[8100], tmp_path / "backend.log").start()
+    try:
+        backend_app.wait_ready(15)
+        for name in ("backend", "frontend"):
+            envoy_admin = free_port()
+            start_envoy(bootstrap(f"{name}-0", name, xds, envoy_admin, certs[name]),
+                        envoy_admin, name=name)
+        outbound = f"http://127.0.0.1:{mesh.ports[8092]}"
+
+        status, _, body = http(f"{outbound}/api/items", host="backend")
+        assert status == 200 and json.loads(body)["service"] == "backend"
+        assert http(f"{outbound}/admin", host="backend")[0] == 403  # ext_authz DENY policy
+        eventually(lambda: "istio_requests_total{" in urllib_text(
+            f"http://127.0.0.1:{telemetry_admin}/metrics"), what="telemetry saw the requests")
+
+        secrets = get_json(f"http://127.0.0.1:{admin}/debug/proxy-config?proxy=frontend-0.default"
+                           "&kind=secrets")
+        assert isinstance(secrets, list) and secrets[0]["san"] == [
+            "spiffe://cluster.local/ns/default/sa/frontend"]
+        assert "PRIVATE" not in json.dumps(secrets)
+
+        # A VirtualService edit changes what Envoy does.
+        vs = mesh.path / "virtualservices.yaml"
+        vs.write_text(vs.read_text().replace(
+            "      timeout: 5s\n",
+            "      timeout: 5s\n      headers:\n        response:\n"
+            "          set: {x-pilot-edit: \"1\"}\n"))
+        eventually(lambda: http(f"{outbound}/api/items", host="backend")[1].get(
+            "x-pilot-edit") == "1", what="the VirtualService edit reached the frontend")
+
+        # A cluster Envoy rejects: NACKED with Envoy's message, traffic keeps flowing.
+        dr = mesh.path / "destinationrules.yaml"
+        good_dr = dr.read_text()
+        dr.write_text(good_dr.replace("http: {http1MaxPendingRequests: 100}",
+                                      "http: {http1MaxPendingRequests: 100}\n"
+                                      "      tcp: {connectTimeout: 0s}"))
+        eventually(lambda: _status(admin)["frontend-0.default"]["types"]["CDS"]["state"]
+                   == "NACKED", what="frontend NACKED the bad cluster")
+        cds = _status(admin)["frontend-0.default"]["types"]["CDS"]
+        assert "ConnectTimeout" in cds["nack_message"] or "connect_timeout" in cds["nack_message"]
+        assert http(f"{outbound}/api/items", host="backend")[0] == 200
+        dr.write_text(good_dr)
+        eventually(lambda: _synced(admin, "frontend-0.default"), what="fixed config SYNCED")
+
+        # Restart: traffic flows while the control plane is down, and it re-serves both.
+        pilot.stop()
+        assert http(f"{outbound}/api/items", host="backend")[0] == 200
+        start_mixer(pilot_args, admin)
+        eventually(lambda: _synced(admin, "frontend-0.default")
+                   and _synced(admin, "backend-0.default"), timeout=40,
+                   what="both proxies re-served after the restart")
+        assert http(f"{outbound}/api/items", host="backend")[1].get("x-pilot-edit") == "1"
+    finally:
+        backend_app.stop()
+
+
+def urllib_text(url: str) -> str:
+    """GET ``url`` as text."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def test_a_proxy_claiming_another_identity_gets_nothing_and_plaintext_is_refused(
+    tmp_path: Path, start_mixer: Start, free_port: Callable[[], int],
+) -> None:
+    """An Envoy with the certificate of `third` whose node claims frontend-0 is refused (and
+    counted); it gets no cluster and no secret. A plaintext ADS client is refused too."""
+    mesh = demo_mesh(tmp_path / "mesh")
+    xds, admin = free_port(), free_port()
+    third = issue(tmp_path / "ca", tmp_path / "certs" / "third", "default", "third")
+    start_mixer(["pilot", "--mesh", str(mesh.path), "--listen", f"127.0.0.1:{xds}",
+                 "--admin", f"127.0.0.1:{admin}", "--ca-dir", str(tmp_path / "ca")], admin)
+    envoy_admin = free_port()
+    config = tmp_path / "impostor.yaml"
+    config.write_text(bootstrap("frontend-0", "frontend", xds, envoy_admin, third))
+    impostor = procs.envoy_process(config, envoy_admin, tmp_path / "impostor.log").start()
+    try:
+        eventually(lambda: 'reason="identity_mismatch"' in urllib_text(
+            f"http://127.0.0.1:{admin}/metrics"), what="the mismatch was counted")
+        eventually(lambda: procs.http_ok(f"http://127.0.0.1:{envoy_admin}/server_info"))
+        dump = urllib_text(f"http://127.0.0.1:{envoy_admin}/config_dump?include_eds")
+        assert "outbound|" not in dump and "BEGIN CERTIFICATE" not in dump.split("xds-grpc")[0]
+        assert "dynamic_active_secrets" not in dump
+        assert "frontend-0.default" not in _status(admin)
+    finally:
+        impostor.stop()
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{xds}")
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    request = DiscoveryRequest(type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster")
+    request.node.id = "sidecar~127.0.0.1~frontend-0.default~default.svc.cluster.local"
+    with pytest.raises(grpc.RpcError) as failure:
+        next(iter(stub.StreamAggregatedResources(iter([request]), timeout=5)))
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    channel.close()

@@ -21,7 +21,16 @@ import pytest
 
 from controlplane.envoy.mesh import local_mesh, service_admin_ports
 from envoy_mixer.dev import procs
-from envoy_mixer.dev.up import UpError, find_examples, http_get, mesh_ports, start_mesh
+from envoy_mixer.dev.up import (
+    MeshRun,
+    UpError,
+    find_examples,
+    http_get,
+    load_security_policies,
+    mesh_ports,
+    prepare_certificates,
+    start_mesh,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"
@@ -98,6 +107,43 @@ def test_bad_example_file_is_a_clear_error(tmp_path: Path) -> None:
     assert "ratelimit.yaml: invalid rate limit unit 'fortnight' (line" in text
 
 
+def test_first_start_creates_the_ca_and_a_certificate_per_proxy(tmp_path: Path) -> None:
+    """The run dir gets ca/ and certs/<proxy>/; a second start keeps both; STRICT from examples."""
+    run = MeshRun(mesh=local_mesh(), run_dir=tmp_path, examples=EXAMPLES, port_base=None)
+    keep = prepare_certificates(run, load_security_policies(EXAMPLES))
+    assert set(keep) == {"ingress-gateway", "sidecar-frontend", "sidecar-backend"}
+    assert (tmp_path / "ca" / "ca.json").is_file()
+    for name in ("ingress", "frontend", "backend"):
+        assert (tmp_path / "certs" / name / "default.json").is_file(), name
+    root = (tmp_path / "ca" / "root-cert.pem").read_bytes()
+    chain = (tmp_path / "certs" / "frontend" / "cert-chain.pem").read_bytes()
+    assert run.modes() == {"sidecar-frontend": "STRICT", "sidecar-backend": "STRICT"}
+
+    again = MeshRun(mesh=local_mesh(), run_dir=tmp_path, examples=EXAMPLES, port_base=None)
+    prepare_certificates(again, (), mode="PERMISSIVE")
+    assert (tmp_path / "ca" / "root-cert.pem").read_bytes() == root
+    assert (tmp_path / "certs" / "frontend" / "cert-chain.pem").read_bytes() == chain
+    assert again.modes() == {"sidecar-frontend": "PERMISSIVE", "sidecar-backend": "PERMISSIVE"}
+
+
+def test_without_a_peer_authentication_file_the_mesh_is_permissive(tmp_path: Path) -> None:
+    """No peer-authentication.yaml: Istio's mode when no policy applies (PERMISSIVE)."""
+    examples = _examples(tmp_path)
+    (examples / "peer-authentication.yaml").unlink()
+    run = MeshRun(mesh=local_mesh(), run_dir=tmp_path / "run", examples=examples, port_base=None)
+    prepare_certificates(run, load_security_policies(examples))
+    assert set(run.modes().values()) == {"PERMISSIVE"}
+
+
+def test_bad_peer_authentication_is_a_clear_error(tmp_path: Path) -> None:
+    """A broken peer-authentication.yaml stops up with its file and field."""
+    examples = _examples(tmp_path)
+    path = examples / "peer-authentication.yaml"
+    path.write_text(path.read_text().replace("mode: STRICT", "mode: SOMETIMES"))
+    with pytest.raises(UpError, match=r"bad example file:\n.*peer-authentication.yaml"):
+        start_mesh(examples=examples, run_dir=tmp_path / "run", port_base=_free_base())
+
+
 # ---------------------------------------------------------------------------- end to end
 
 @pytest.mark.slow
@@ -111,7 +157,7 @@ def test_up_check_smoke(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     for line in ("PASS allowed", "PASS denied", "PASS rate-limited", "curl -i http://",
-                 "/metrics", "/graph"):
+                 "/metrics", "/graph", "mTLS: frontend STRICT, backend STRICT"):
         assert line in result.stdout, line
     healthy = float(result.stdout.split("(healthy after ")[1].split("s)")[0])
     assert healthy < 15

@@ -5,19 +5,21 @@
   (exit 0 allow, 1 deny/401, 2 config error);
 - ``mixer authz test --policy PATH CASES.yaml`` runs a table of cases
   (exit 0 all pass, 1 any mismatch, 2 config or cases error).
+
+The policy options (``--policy``, namespaces, trust domains, ``--trusted-proxies``) may stand
+before or after ``explain``/``test`` and fall back to their ``MIXER_AUTHZ_*`` variables.
+Importing this module builds parsers only: everything heavy (grpc, pydantic, joserfc,
+asyncio) is imported inside the command that needs it, so ``mixer --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from envoy_mixer.common.errors import ConfigError
 from envoy_mixer.runtime.settings import add_server_arguments, env_default
 
 SERVICE = "authz"
@@ -25,36 +27,43 @@ DEFAULT_LISTEN = "127.0.0.1:9191"
 DEFAULT_ADMIN = "127.0.0.1:9192"
 
 
-def _policy_options(parser: argparse.ArgumentParser, *, dest: str, required: bool) -> None:
+def _policy_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
+    # On explain/test the defaults are SUPPRESS: argparse copies every attribute a subcommand
+    # sets over the parent's, so a real default there would undo `mixer authz --policy P
+    # explain`. Unset, the parent's value (flag or environment variable) stands.
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if sub else value
+
     parser.add_argument(
-        "--policy", dest=dest, metavar="PATH", required=required,
-        default=None if required else env_default(SERVICE, "policy", None),
+        "--policy", metavar="PATH", default=default(env_default(SERVICE, "policy", None)),
         help="AuthorizationPolicy/RequestAuthentication YAML file or directory "
              "(env MIXER_AUTHZ_POLICY)",
     )
     parser.add_argument(
-        "--default-namespace", default=env_default(SERVICE, "default-namespace", "default"),
+        "--default-namespace",
+        default=default(env_default(SERVICE, "default-namespace", "default")),
         help="namespace of a workload whose Envoy sends no 'namespace' context extension, and "
              "of policies without metadata.namespace (default 'default')",
     )
     parser.add_argument(
-        "--root-namespace", default=env_default(SERVICE, "root-namespace", "istio-system"),
+        "--root-namespace",
+        default=default(env_default(SERVICE, "root-namespace", "istio-system")),
         help="policies in this namespace apply mesh-wide (default 'istio-system')",
     )
     parser.add_argument(
         "--trusted-proxies", type=int,
-        default=int(env_default(SERVICE, "trusted-proxies", "0") or 0), metavar="N",
+        default=default(int(env_default(SERVICE, "trusted-proxies", "0") or 0)), metavar="N",
         help="proxies in front of Envoy trusted to append X-Forwarded-For; remote.ip is the "
              "address N hops left of the direct peer (default 0: the peer itself)",
     )
     parser.add_argument(
-        "--trust-domain", default=env_default(SERVICE, "trust-domain", "cluster.local"),
+        "--trust-domain", default=default(env_default(SERVICE, "trust-domain", "cluster.local")),
         help="the mesh's trust domain (Istio meshConfig.trustDomain; default 'cluster.local'; "
              "env MIXER_AUTHZ_TRUST_DOMAIN)",
     )
     parser.add_argument(
-        "--trust-domain-aliases", default=env_default(SERVICE, "trust-domain-aliases", ""),
-        metavar="TD[,TD...]",
+        "--trust-domain-aliases",
+        default=default(env_default(SERVICE, "trust-domain-aliases", "")), metavar="TD[,TD...]",
         help="aliases of the trust domain (meshConfig.trustDomainAliases): a principal naming "
              "one of them matches all (env MIXER_AUTHZ_TRUST_DOMAIN_ALIASES)",
     )
@@ -79,7 +88,7 @@ def register(subparsers: Any) -> None:
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Fill ``parser`` with the serve flags and the ``explain``/``test`` subcommands."""
-    _policy_options(parser, dest="policy", required=False)
+    _policy_options(parser, sub=False)
     add_server_arguments(parser, service=SERVICE, listen=DEFAULT_LISTEN, admin=DEFAULT_ADMIN)
     parser.add_argument(
         "--jwks-refresh", type=float, default=float(env_default(SERVICE, "jwks-refresh", "600")
@@ -91,7 +100,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="evaluate one request and say which policy/rule "
                                              "decided and why the others did not")
-    _policy_options(explain, dest="sub_policy", required=True)
+    _policy_options(explain, sub=True)
     explain.add_argument("--method", default="GET")
     explain.add_argument("--path", default="/", help="request path (a query is stripped)")
     explain.add_argument("--host", default="", help=":authority, e.g. httpbin.foo:8000")
@@ -116,17 +125,20 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     explain.set_defaults(func=explain_command)
 
     test = sub.add_parser("test", help="run a YAML table of requests with expected verdicts")
-    _policy_options(test, dest="sub_policy", required=True)
+    _policy_options(test, sub=True)
     test.add_argument("cases", metavar="CASES.yaml", type=Path)
     test.add_argument("--verbose", "-v", action="store_true", help="also print passing cases")
     test.set_defaults(func=test_command)
     return parser
 
 
+MISSING_POLICY = "required: --policy PATH (or MIXER_AUTHZ_POLICY)"
+
+
 def _load(args: argparse.Namespace) -> Any:
     from extauthz.policy import load_policies
 
-    return load_policies(Path(args.sub_policy), default_namespace=args.default_namespace,
+    return load_policies(Path(args.policy), default_namespace=args.default_namespace,
                          root_namespace=args.root_namespace,
                          trust_domains=trust_domains_from(args))
 
@@ -189,6 +201,14 @@ async def _evaluate(policies: Any, request: Any, trusted_proxies: int, explain: 
 
 def explain_command(args: argparse.Namespace) -> int:
     """Print the verdict for one request and the reasons."""
+    import asyncio
+    import json
+
+    from envoy_mixer.common.errors import ConfigError
+
+    if not args.policy:
+        print(f"mixer authz explain: {MISSING_POLICY}", file=sys.stderr)
+        return 2
     try:
         policies = _load(args)
         request = _request_from_flags(args)
@@ -205,8 +225,14 @@ def explain_command(args: argparse.Namespace) -> int:
 
 def test_command(args: argparse.Namespace) -> int:
     """Run every case; print failures (and passes with -v); exit 1 on any mismatch."""
+    import asyncio
+
+    from envoy_mixer.common.errors import ConfigError
     from extauthz.cases import load_cases
 
+    if not args.policy:
+        print(f"mixer authz test: {MISSING_POLICY}", file=sys.stderr)
+        return 2
     try:
         policies = _load(args)
         cases = load_cases(args.cases)

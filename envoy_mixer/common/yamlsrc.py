@@ -284,5 +284,8 @@ def pydantic_errors(doc: SourceDoc, exc: Any, base: Sequence[str | int] = ()) ->
             errors.append(doc.error(f"unknown key '{loc[-1]}'", loc, at_key=True))
             continue
         message = f"missing required key '{loc[-1]}'" if kind == "missing" else str(err["msg"])
+        if kind == "value_error":
+            # Our validators' own text, without the prefix pydantic puts before it.
+            message = message.removeprefix("Value error, ")
         errors.append(doc.error(message, loc))
     return errors[0] if len(errors) == 1 else ConfigErrors(errors)

@@ -104,6 +104,58 @@ def test_policy_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "bad_cidr.yaml: invalid IP address" in capsys.readouterr().err
 
 
+def test_validator_error_has_no_pydantic_prefix(capsys: pytest.CaptureFixture[str]) -> None:
+    """A validator's message is printed as ours, without pydantic's "Value error, " prefix."""
+    assert cli.main(["explain", "--policy", str(DATA / "empty_name.yaml")]) == 2
+    assert capsys.readouterr().err == (
+        "policy error: empty_name.yaml: must not be empty (line 3, field metadata.name)\n")
+
+
+@pytest.mark.parametrize("command", ["explain", "test"])
+def test_policy_flag_before_the_subcommand_is_used(command: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`mixer authz --policy P --root-namespace NS explain` keeps both parent flags."""
+    extra = ["--path", "/admin/x", "--namespace", "foo"] if command == "explain" else [
+        str(DATA / "cases.yaml")]
+    args = build_parser().parse_args(["authz", "--policy", POLICY, "--root-namespace", "mesh",
+                                      command, *extra])
+    assert (args.policy, args.root_namespace) == (POLICY, "mesh")
+    assert main(["authz", "--policy", POLICY, command, *extra]) in (0, 1)
+    assert "required" not in capsys.readouterr().err
+
+
+def test_policy_from_environment_for_explain(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """MIXER_AUTHZ_POLICY stands in for --policy on explain; a flag after it still wins."""
+    monkeypatch.setenv("MIXER_AUTHZ_POLICY", POLICY)
+    assert main(["authz", "explain", "--path", "/admin/x", "--namespace", "foo"]) == 1
+    assert "verdict: DENY (403)" in capsys.readouterr().out
+    args = build_parser().parse_args(["authz", "explain", "--policy", "other.yaml"])
+    assert args.policy == "other.yaml"
+
+
+def test_explain_without_any_policy_exits_2(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """No flag and no variable: exit 2 naming both ways to give the policy."""
+    monkeypatch.delenv("MIXER_AUTHZ_POLICY", raising=False)
+    assert main(["authz", "explain", "--path", "/x"]) == 2
+    assert capsys.readouterr().err == (
+        "mixer authz explain: required: --policy PATH (or MIXER_AUTHZ_POLICY)\n")
+
+
+def test_cli_module_imports_nothing_heavy() -> None:
+    """Importing extauthz.cli (what `mixer --help` does) loads no grpc, pydantic or joserfc."""
+    import subprocess
+    import sys
+
+    code = ("import sys, extauthz.cli; "
+            "print(sorted(m for m in ('grpc', 'pydantic', 'joserfc', 'aiohttp', 'asyncio', "
+            "'extauthz.policy', 'prometheus_client') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
 @pytest.mark.slow
 async def test_serve_subprocess_answers_check(start_mixer: Any, free_port: Any) -> None:
     """`mixer authz --policy P --listen --admin` serves Check and /healthz as a real process."""

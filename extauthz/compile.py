@@ -244,12 +244,18 @@ class _Interner:
     polarity), so a shared test answers exactly as the rule's own would.
     """
 
-    __slots__ = ("composed", "getters", "matchers", "tests")
+    __slots__ = ("checks", "composed", "entries", "getters", "matchers", "tests")
 
     def __init__(self) -> None:
         self.getters: dict[Any, _Getter] = {}
-        self.matchers: dict[Any, Any] = {}
+        #: By (how values compile, the values, what else the matcher depends on): equal keys
+        #: build equal matchers, and a tuple of strings hashes far faster than a matcher.
+        self.matchers: dict[Any, Matcher] = {}
+        #: By (value read, matcher key, polarity, list-valued): one test per distinct check.
         self.tests: dict[Any, _Test] = {}
+        #: Whole checks and whole ``from``/``to`` entries, for rules that repeat them.
+        self.checks: dict[Any, FieldCheck] = {}
+        self.entries: dict[Any, Clause] = {}
         self.composed: dict[tuple[str, tuple[_Test, ...]], _Test] = {}
 
     def getter(self, key: tuple[str, Any]) -> _Getter:
@@ -269,15 +275,6 @@ class _Interner:
                 getter = _claim_getter(arg)
             self.getters[key] = getter
         return getter
-
-    def matcher(self, matcher: Matcher) -> Matcher:
-        """``matcher``, or the equal one already seen."""
-        shared: Matcher = self.matchers.setdefault(matcher, matcher)
-        return shared
-
-    def test(self, key: Any) -> _Test | None:
-        """The shared test for a field check's ``key``, if one was built."""
-        return self.tests.get(key)
 
     def all_of(self, tests: Sequence[_Test]) -> _Test:
         """Shared ``_all_of`` (parts are shared already, so equal parts are the same objects)."""
@@ -412,22 +409,36 @@ class _Compiler:
             return MetadataMatch.compile(values)
         return StringMatch.compile(values)
 
-    def check(self, label: str, shown: str, key: str, getter_key: tuple[str, Any],
-              matcher: Matcher, negate: bool, many: bool) -> FieldCheck:
-        # Equal checks (same value read, same matcher, same polarity) share one test.
+    def check(self, label: str, shown: str, key: str, getter_key: tuple[str, Any], kind: str,
+              values: tuple[str, ...], negate: bool, many: bool) -> FieldCheck:
+        """The check of ``values`` on one attribute, shared with every equal one of the load."""
         interner = self.interner
-        matcher = interner.matcher(matcher)
-        test_key = (getter_key, matcher, negate, many)
-        shared = interner.test(test_key)
+        extra = self.namespace if kind == "service_account" else \
+            self.ci_paths if kind == "path" else None
+        matcher_key = (kind, values, extra)
+        full_key = (label, shown, key, getter_key, matcher_key, negate, many)
+        check = interner.checks.get(full_key)
+        if check is not None:
+            return check
+        matcher = interner.matchers.get(matcher_key)
+        if matcher is None:
+            matcher = interner.matchers[matcher_key] = self.matcher(kind, values)
+        test_key = (getter_key, matcher_key, negate, many)
+        shared = interner.tests.get(test_key)
         check = FieldCheck(field=label, attribute=shown, getter=interner.getter(getter_key),
                            matcher=matcher, negate=negate, many=many, key=key,
                            test=shared)  # type: ignore[arg-type]
         if shared is None:
             interner.tests[test_key] = check.test
+        interner.checks[full_key] = check
         return check
 
-    def entry(self, label: str, conditions: Sequence[Condition]) -> Clause:
+    def entry(self, label: str, conditions: tuple[Condition, ...]) -> Clause:
         """One ``from``/``to`` entry: its conditions' checks, values before not_values."""
+        entry_key = (label, conditions, self.ci_paths, self.namespace)
+        clause = self.interner.entries.get(entry_key)
+        if clause is not None:
+            return clause
         checks = []
         for cond in conditions:
             alias, not_alias, shown, getter, kind, many = _ENTRY_FIELDS[cond.attribute]
@@ -437,8 +448,9 @@ class _Compiler:
                                          (cond.not_values, not_alias, True)):
                 if values:
                     checks.append(self.check(f"{label}.{name}", shown, cond.attribute, getter,
-                                             self.matcher(kind, values), negate, many))
-        return Clause(tuple(checks))
+                                             kind, values, negate, many))
+        clause = self.interner.entries[entry_key] = Clause(tuple(checks))
+        return clause
 
     def condition(self, index: int, cond: Condition) -> list[FieldCheck]:
         """One ``when`` condition's checks."""
@@ -460,8 +472,8 @@ class _Compiler:
         for values, alias, negate in ((cond.values, "values", False),
                                       (cond.not_values, "notValues", True)):
             if values:
-                checks.append(self.check(f"when[{index}].{alias}", key, key, getter,
-                                         self.matcher(kind, values), negate, many))
+                checks.append(self.check(f"when[{index}].{alias}", key, key, getter, kind,
+                                         values, negate, many))
         return checks
 
     def rule(self, model: RuleModel, policy_index: int) -> CompiledRule:

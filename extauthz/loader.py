@@ -10,7 +10,7 @@ compiling the model never fails.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from envoy_mixer.common.yamlsrc import (
     load_file,
     paused_gc,
     pydantic_errors,
+    stream_file,
 )
 from extauthz.authn import authentication_model
 from extauthz.matchers import IpMatch, PortMatch, TemplateError, template_regex
@@ -428,6 +429,38 @@ def read_documents(path: Path) -> list[SourceDoc]:
     return docs
 
 
+def load_path_models(path: Path, *, default_namespace: str = "default") -> ModelSet:
+    """The model of a file or directory, reading one YAML document at a time.
+
+    Only the model of each document is kept, never every document's values at once (the
+    largest part of a load). Unreadable or broken files are reported alone, all together, as
+    if nothing had been modelled (a policy error is moot in a file that does not parse).
+    """
+    path = Path(path)
+    files = config_files(path)
+    file_errors: list[ConfigError] = []
+
+    def documents() -> Iterator[SourceDoc]:
+        for file in files:
+            try:
+                yield from stream_file(file)
+            except ConfigError as exc:
+                file_errors.append(exc)
+
+    base_dir = path if path.is_dir() else path.parent
+    try:
+        models = load_models(documents(), default_namespace=default_namespace,
+                             base_dir=base_dir)
+    except ConfigError:
+        if not file_errors:
+            raise
+        models = None
+    if file_errors:
+        raise file_errors[0] if len(file_errors) == 1 else ConfigErrors(file_errors)
+    assert models is not None
+    return models
+
+
 def load_model_text(text: str, file: str = "policy.yaml", **kwargs: Any) -> ModelSet:
     """The model of policies given as YAML text (tests, tools)."""
     return load_models(load_documents(text, file), **kwargs)
@@ -435,5 +468,5 @@ def load_model_text(text: str, file: str = "policy.yaml", **kwargs: Any) -> Mode
 
 __all__ = [
     "OPERATION_FIELDS", "SIMPLE_KEYS", "SOURCE_FIELDS", "SUPPORTED_CONDITION_KEYS",
-    "load_model_text", "load_models", "policy_model", "read_documents",
+    "load_model_text", "load_models", "load_path_models", "policy_model", "read_documents",
 ]

@@ -22,7 +22,7 @@ from typing import Any
 from envoy_mixer.common.yamlsrc import SourceDoc, load_documents, paused_gc
 from extauthz.compile import CompiledRule, Policy, compile_policies
 from extauthz.index import IndexKey, RuleIndex
-from extauthz.loader import load_models, read_documents
+from extauthz.loader import load_models, load_path_models
 from extauthz.model import DEFAULT_DENY, Authentication, DenyResponse, ModelSet
 from extauthz.policyset import PolicySet, WorkloadView
 from extauthz.trustdomain import TrustDomains
@@ -50,6 +50,9 @@ def compile_documents(
     ``trust_domains`` is the mesh's trust domain and aliases (default ``cluster.local``).
     """
     models = load_models(docs, default_namespace=default_namespace, base_dir=base_dir)
+    # The YAML values are the load's largest part: free them (when the caller passed its
+    # only reference, as ``load_policies`` does) before compiling, to keep the peak low.
+    del docs
     return compile_models(models, default_namespace=default_namespace,
                           root_namespace=root_namespace, trust_domains=trust_domains)
 
@@ -59,10 +62,9 @@ def load_policies(
     trust_domains: TrustDomains | None = None,
 ) -> PolicySet:
     """Load a YAML file (several documents allowed) or a directory of them; raises ConfigError."""
-    path = Path(path)
-    return compile_documents(read_documents(path), default_namespace=default_namespace,
-                             root_namespace=root_namespace, trust_domains=trust_domains,
-                             base_dir=path if path.is_dir() else path.parent)
+    models = load_path_models(Path(path), default_namespace=default_namespace)
+    return compile_models(models, default_namespace=default_namespace,
+                          root_namespace=root_namespace, trust_domains=trust_domains)
 
 
 def load_text(text: str, file: str = "policy.yaml", **kwargs: Any) -> PolicySet:

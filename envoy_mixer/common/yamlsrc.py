@@ -209,24 +209,29 @@ def _compose(text: str, file: str) -> Iterator[yaml.Node | None]:
         raise ConfigError(f"invalid YAML: {exc}", file=file) from exc
 
 
+def stream_documents(text: str, file: str) -> Iterator[SourceDoc]:
+    """The documents of a YAML stream one at a time, so a caller that turns each into its own
+    model never holds every document's values at once; empty documents are skipped.
+
+    A syntax error raises when the stream reaches it (after the documents before it).
+    """
+    for index, node in enumerate(_compose(text, file)):
+        if node is None:
+            continue
+        data = _build(node, (), file)
+        if data is None:
+            continue
+        yield SourceDoc(file=file, data=data, lines={(): node.start_mark.line + 1}, index=index,
+                        locate=_locator(text, file, index))
+
+
 def load_documents(text: str, file: str) -> list[SourceDoc]:
     """Parse every document of a YAML stream; empty documents are skipped.
 
-    A syntax error anywhere fails the whole stream, as before any document is returned.
+    A syntax error anywhere fails the whole stream, before any document is returned.
     """
     with paused_gc():
-        docs = []
-        for index, node in enumerate(_compose(text, file)):
-            if node is None:
-                continue
-            data = _build(node, (), file)
-            if data is None:
-                continue
-            docs.append(SourceDoc(
-                file=file, data=data, lines={(): node.start_mark.line + 1}, index=index,
-                locate=_locator(text, file, index),
-            ))
-    return docs
+        return list(stream_documents(text, file))
 
 
 def _locator(text: str, file: str, index: int) -> Callable[[], yaml.Node]:
@@ -238,16 +243,25 @@ def _locator(text: str, file: str, index: int) -> Callable[[], yaml.Node]:
     return locate
 
 
-def load_file(path: Path, display_name: str | None = None) -> list[SourceDoc]:
-    """Read and parse one YAML file; errors carry ``display_name`` (default: the file name)."""
-    name = display_name or path.name
+def _read(path: Path, name: str) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read file: {exc.strerror or exc}", file=name) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError("file is not valid UTF-8", file=name) from exc
-    return load_documents(text, name)
+
+
+def load_file(path: Path, display_name: str | None = None) -> list[SourceDoc]:
+    """Read and parse one YAML file; errors carry ``display_name`` (default: the file name)."""
+    name = display_name or path.name
+    return load_documents(_read(path, name), name)
+
+
+def stream_file(path: Path, display_name: str | None = None) -> Iterator[SourceDoc]:
+    """``load_file`` one document at a time (see ``stream_documents``)."""
+    name = display_name or path.name
+    yield from stream_documents(_read(path, name), name)
 
 
 def config_files(path: Path) -> list[Path]:

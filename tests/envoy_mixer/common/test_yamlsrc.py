@@ -116,3 +116,16 @@ def test_lines_of_a_later_document_are_found_on_demand() -> None:
     assert docs[1].line_of(()) == 3
     assert docs[1].line_of(("b", "c", 0, "d")) == 5
     assert docs[1].key_line_of(("b", "c")) == 4
+
+
+def test_stream_yields_documents_before_a_later_syntax_error() -> None:
+    """Streaming hands out the good documents, then raises the same error load_documents does."""
+    from envoy_mixer.common.yamlsrc import stream_documents
+
+    stream = stream_documents("a: 1\n---\nb: [1\n", "s.yaml")
+    assert next(stream).data == {"a": 1}
+    with pytest.raises(ConfigError) as info:
+        next(stream)
+    with pytest.raises(ConfigError) as whole:
+        load_documents("a: 1\n---\nb: [1\n", "s.yaml")
+    assert str(info.value) == str(whole.value)

@@ -37,7 +37,6 @@ import hashlib
 import random
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aredis
 from redis.asyncio.sentinel import Sentinel
@@ -48,7 +47,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ratelimit.backends.base import CounterOp
 from ratelimit.backends.resp import ReplyError, RespClient, RespConnectionError, pack
-from ratelimit.errors import BackendError
+from ratelimit.backends.url import parse_redis_url, redact
+from ratelimit.errors import BackendError, RedisUrlError
 
 MODES = ("single", "sentinel", "cluster")
 
@@ -132,7 +132,7 @@ class RedisBackend:
         else:
             self._client = _client(url, mode, timeout, pool_size)
             self._script = self._client.register_script(_SCRIPT)
-        self.url = _redact(url)
+        self.url = redact(url)
 
     async def apply(self, ops: Sequence[CounterOp]) -> list[int]:
         """Apply ``ops`` (batched with concurrent calls), within ``timeout``."""
@@ -304,63 +304,31 @@ def _backend_error(exc: BaseException, timeout: float) -> BackendError:
 
 
 def _client(url: str, mode: str, timeout: float, pool_size: int) -> Any:
+    """The redis-py client for ``cluster`` or ``sentinel`` mode (single uses ``resp``)."""
+    parsed = parse_redis_url(url, mode=mode)
     common: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "health_check_interval": 0,
     }
+    auth: dict[str, Any] = {}
+    if parsed.password is not None:
+        auth["password"] = parsed.password
+    if parsed.username:
+        auth["username"] = parsed.username
+    tls = parsed.tls.redis_py_options() if parsed.tls is not None else {}
     if mode == "cluster":
+        if parsed.db:
+            raise RedisUrlError(f"redis URL {parsed.redacted}: Redis Cluster has only db 0")
         # One script call per slot group runs concurrently, and redis-py's cluster client fails
         # (rather than waits) when a node's connections run out: allow plenty per node.
-        return aredis.RedisCluster.from_url(url, max_connections=max(256, pool_size), **common)
-    if mode == "sentinel":
-        parts = urlsplit(url)
-        hosts = []
-        for item in parts.netloc.rpartition("@")[2].split(","):
-            host, _, port = item.rpartition(":")
-            hosts.append((host or "127.0.0.1", int(port or 26379)))
-        path = [p for p in parts.path.split("/") if p]
-        if not path:
-            raise ValueError("sentinel URL needs the master name as its path: redis://h:26379/mymaster")
-        auth: dict[str, Any] = {}
-        if parts.password is not None:
-            auth["password"] = unquote(parts.password)
-        if parts.username:
-            auth["username"] = unquote(parts.username)
-        # The Sentinels are spoken to in plain text; the master over TLS for rediss://, with
-        # the URL's TLS options (``Sentinel`` does not parse a URL, so they are passed here).
-        tls: dict[str, Any] = _tls_options(parts.query) if parts.scheme == "rediss" else {}
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            hosts, sentinel_kwargs={**common, **auth}, ssl=parts.scheme == "rediss", **common,
-            **auth, **tls,
+        return aredis.RedisCluster(
+            host=parsed.host, port=parsed.port, max_connections=max(256, pool_size),
+            **common, **auth, **tls,
         )
-        db = int(path[1]) if len(path) > 1 else 0
-        return sentinel.master_for(path[0], db=db)
-    # BlockingConnectionPool: callers wait (up to the timeout) for a free connection instead of
-    # failing with "Too many connections" under bursts.
-    pool = aredis.BlockingConnectionPool.from_url(
-        url, max_connections=pool_size, timeout=timeout, **common
+    # Sentinel: the Sentinels are spoken to in plain text; the master over TLS for rediss://,
+    # with the URL's TLS options.
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(parsed.hosts), sentinel_kwargs={**common, **auth}, **common, **auth, **tls,
     )
-    return aredis.Redis(connection_pool=pool)
-
-
-def _tls_options(query: str) -> dict[str, Any]:
-    """redis-py keyword arguments for the documented TLS query options of a URL."""
-    options = {k: v[-1] for k, v in parse_qs(query).items()}
-    out: dict[str, Any] = {}
-    if "ssl_ca_certs" in options:
-        out["ssl_ca_certs"] = options["ssl_ca_certs"]
-    if "ssl_cert_reqs" in options:
-        out["ssl_cert_reqs"] = options["ssl_cert_reqs"].lower()
-    if "ssl_check_hostname" in options:
-        out["ssl_check_hostname"] = options["ssl_check_hostname"].lower() in ("1", "true", "yes")
-    return out
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    return sentinel.master_for(parsed.master or "", db=parsed.db)  # sentinel mode: always set

@@ -13,10 +13,9 @@ command in FIFO order (Redis answers a connection's commands in the order it rec
   connection is closed: its other callers fail at once, the next call reconnects.
 - Reconnects by itself; after a failed connect, calls fail at once (no connect storm against a
   dead server) until a backoff (50 ms doubling to 1 s) has passed. ``ping`` always tries.
-- URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS; query
-  ``ssl_cert_reqs=none|optional|required``, ``ssl_ca_certs=PATH``, ``ssl_check_hostname``),
-  ``unix://[[user]:password@]/path/to/socket[?db=N&password=P]``. AUTH and SELECT are sent on
-  every new connection.
+- URLs: ``redis://``, ``rediss://`` (TLS) and ``unix://``, parsed by ``ratelimit.backends.url``
+  (the same parser feeds redis-py for Cluster and Sentinel). AUTH and SELECT are sent on every
+  new connection.
 
 Cluster and Sentinel stay on redis-py (slot routing and failover are not worth redoing).
 """
@@ -30,15 +29,15 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
+
+from ratelimit.backends.url import parse_redis_url
 
 __all__ = ["ConnectionSettings", "ReplyError", "RespClient", "RespConnectionError", "pack"]
 
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 1.0
-_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
 
 class ReplyError(Exception):
@@ -72,45 +71,15 @@ class ConnectionSettings:
 
     @classmethod
     def from_url(cls, url: str) -> ConnectionSettings:
-        """Parse ``redis://``, ``rediss://`` or ``unix://``; raises ValueError."""
-        parts = urlsplit(url)
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        username = unquote(parts.username) if parts.username else None
-        password = unquote(parts.password) if parts.password is not None else None
-        if "password" in query:
-            password = query["password"]
-        db_text = query.get("db", "")
-        if parts.scheme == "unix":
-            if not parts.path:
-                raise ValueError(f"unix socket URL needs a path: {url!r}")
-            return cls(path=parts.path, db=int(db_text or 0), username=username,
-                       password=password)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} "
-                             "(redis://, rediss:// or unix://)")
-        path_db = parts.path.strip("/")
-        db = int(db_text or path_db or 0)
-        host = parts.hostname or "127.0.0.1"
-        context = None
-        if parts.scheme == "rediss":
-            cafile = query.get("ssl_ca_certs")
-            try:
-                context = ssl.create_default_context(cafile=cafile)
-            except OSError as exc:  # a missing file or bad PEM (ssl.SSLError is an OSError)
-                raise ValueError(f"cannot load ssl_ca_certs {cafile!r}: {exc}") from exc
-            reqs = query.get("ssl_cert_reqs", "required").lower()
-            check = query.get("ssl_check_hostname", "true" if reqs == "required" else "false")
-            if reqs not in _CERT_REQS:
-                raise ValueError(f"invalid ssl_cert_reqs {reqs!r} (none, optional or required)")
-            verify = _CERT_REQS[reqs]
-            # No certificate check means no name to check (as redis-py decides): asking for
-            # both would make ``ssl`` refuse the context.
-            context.check_hostname = (
-                verify != ssl.CERT_NONE and check.lower() in ("1", "true", "yes")
-            )
-            context.verify_mode = verify
-        return cls(host=host, port=parts.port or 6379, db=db, username=username,
-                   password=password, ssl=context, server_hostname=host if context else None)
+        """Settings for a single-node URL (``ratelimit.backends.url``); raises RedisUrlError."""
+        parsed = parse_redis_url(url)
+        if parsed.path is not None:
+            return cls(path=parsed.path, db=parsed.db, username=parsed.username,
+                       password=parsed.password)
+        context = parsed.tls.context() if parsed.tls is not None else None
+        return cls(host=parsed.host, port=parsed.port, db=parsed.db, username=parsed.username,
+                   password=parsed.password, ssl=context,
+                   server_hostname=parsed.host if context else None)
 
     def handshake(self) -> list[bytes]:
         """Commands sent first on every connection (AUTH, SELECT), encoded."""

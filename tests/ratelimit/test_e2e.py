@@ -168,8 +168,11 @@ def test_python_dash_m_and_mixer_cli_help() -> None:
 
 
 @pytest.mark.parametrize(("url", "message"), [
-    ("ftp://x", "unsupported Redis URL scheme 'ftp'"),
-    ("rediss://127.0.0.1:1/0?ssl_cert_reqs=maybe", "invalid ssl_cert_reqs 'maybe'"),
+    ("ftp://x", "redis URL ftp://x: unsupported scheme 'ftp'"),
+    ("rediss://127.0.0.1:1/0?ssl_cert_reqs=maybe",
+     "redis URL rediss://127.0.0.1:1/0?ssl_cert_reqs=maybe: invalid ssl_cert_reqs 'maybe'"),
+    ("redis://:secret@127.0.0.1:port/0", "redis URL redis://:***@127.0.0.1:port/0: port must "
+     "be a number, got 'port'"),
 ])
 def test_bad_redis_url_is_one_line_and_exit_2(url: str, message: str, tmp_path: Path) -> None:
     """A --redis-url the backend rejects ends with one clear line and exit code 2."""

@@ -182,7 +182,7 @@ class Pilot:
         app = build_admin_app(
             registry=self.registry, is_ready=lambda: self.mesh.loaded,
             describe_config=lambda: {"mesh": str(self.settings.mesh),
-                                     "proxies": list(self.cache.keys())},
+                                     "proxies": list(self.cache.proxies())},
             last_error=lambda: (self.reloader.last_error.to_dict()
                                 if self.reloader.last_error else None),
             routes=debug_routes(self.cache, self.status, lambda: self.certificates),

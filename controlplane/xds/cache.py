@@ -97,7 +97,7 @@ class SnapshotCache:
         """The snapshot of proxy ``key``, if it has one."""
         return self._snapshots.get(key)
 
-    def keys(self) -> tuple[str, ...]:
+    def proxies(self) -> tuple[str, ...]:
         """Every proxy key with a snapshot."""
         return tuple(sorted(self._snapshots))
 

@@ -95,6 +95,17 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                                     or 600), metavar="SECONDS",
         help="how often jwksUri key sets are re-fetched (default 600)",
     )
+    parser.add_argument(
+        "--max-request-headers-kb", type=int, metavar="KB",
+        default=int(env_default(SERVICE, "max-request-headers-kb", "60") or 60),
+        help="the Envoy listener's max_request_headers_kb (default 60, Envoy's): JWT output "
+             "headers that would push a request past it are left out and logged",
+    )
+    parser.add_argument(
+        "--max-headers-count", type=int, metavar="N",
+        default=int(env_default(SERVICE, "max-headers-count", "100") or 100),
+        help="the Envoy listener's max_headers_count (default 100, Envoy's), likewise",
+    )
     parser.set_defaults(func=serve_command)
     sub = parser.add_subparsers(dest="authz_command", metavar="{explain,test}")
 
@@ -159,6 +170,8 @@ def serve_command(args: argparse.Namespace) -> int:
         Path(args.policy), default_namespace=args.default_namespace,
         root_namespace=args.root_namespace, trusted_proxies=args.trusted_proxies,
         jwks_refresh=args.jwks_refresh, trust_domains=trust_domains_from(args),
+        max_request_headers_kb=args.max_request_headers_kb,
+        max_headers_count=args.max_headers_count,
     ), settings)
 
 

@@ -23,6 +23,7 @@ def test_serve_form_parses_with_listen_and_admin() -> None:
     assert args.func is cli.serve_command
     assert (args.policy, args.listen, args.admin) == ("p.yaml", "127.0.0.1:1", "127.0.0.1:2")
     assert (args.root_namespace, args.trusted_proxies) == ("mesh", 2)
+    assert (args.max_request_headers_kb, args.max_headers_count) == (60, 100)  # Envoy's
 
 
 def test_serve_without_policy_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,9 @@ routes. One Envoy and one in-process authz service answer every case:
 - ``ipBlocks`` read the physical peer behind the PROXY protocol, ``remoteIpBlocks`` the PROXY
   address, and a client-sent copy of the transient peer header changes nothing and never
   reaches the upstream;
-- every URI SAN of the client certificate is checked against a DENY on principals.
+- every URI SAN of the client certificate is checked against a DENY on principals;
+- identity headers a client forges (peer metadata, XFCC) change no decision: principals and
+  namespaces come only from the verified certificate.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ spec:
   rules:
   - from: [{source: {principals: ["cluster.local/ns/x/sa/bad"]}}]
     to: [{operation: {paths: ["/peer"]}}]
+  - from: [{source: {notNamespaces: ["admin"]}}]
+    to: [{operation: {paths: ["/admin-only"]}}]
 """
 
 GOOD = "spiffe://cluster.local/ns/x/sa/good"
@@ -171,7 +175,7 @@ class Proxy:
         head, _, body = data.partition(b"\r\n\r\n")
         return int(head.split()[1]), body.decode()
 
-    def _tls(self, path: str, sni: str, client: str) -> int:
+    def _tls(self, path: str, sni: str, client: str, lines: list[tuple[str, str]]) -> int:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -179,20 +183,16 @@ class Proxy:
         cert.write_text(self.certs[client][0])
         key.write_text(self.certs[client][1])
         context.load_cert_chain(cert, key)
-        conn = http.client.HTTPSConnection("127.0.0.1", self.tls_port, timeout=10,
-                                           context=context)
-        # SNI is the host given to wrap_socket: connect to 127.0.0.1, present `sni`.
-        conn.host = sni
-        conn._create_connection = (  # type: ignore[attr-defined]
-            lambda address, *args: socket.create_connection(("127.0.0.1", self.tls_port),
-                                                            *args))
-        try:
-            conn.request("GET", path, headers={"host": "httpbin.foo"})
-            resp = conn.getresponse()
-            resp.read()
-            return resp.status
-        finally:
-            conn.close()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in lines)
+        # Connect to 127.0.0.1 and present `sni` (the name given to wrap_socket).
+        with socket.create_connection(("127.0.0.1", self.tls_port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname=sni) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: httpbin.foo\r\n{extra}"
+                         "Connection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        return int(data.split(b" ", 2)[1])
 
     async def get(self, path: str, *lines: tuple[str, str]) -> tuple[int, str]:
         """GET on the plain listener with these header lines (names may repeat)."""
@@ -202,9 +202,10 @@ class Proxy:
         """GET on the plain listener behind a PROXY protocol v1 header naming ``client_ip``."""
         return await asyncio.to_thread(self._proxied, path, client_ip, extra)
 
-    async def tls(self, path: str, sni: str, client: str = "good") -> int:
-        """GET on the mTLS listener with this SNI and client certificate."""
-        return await asyncio.to_thread(self._tls, path, sni, client)
+    async def tls(self, path: str, sni: str, client: str = "good",
+                  *lines: tuple[str, str]) -> int:
+        """GET on the mTLS listener with this SNI, client certificate and header lines."""
+        return await asyncio.to_thread(self._tls, path, sni, client, list(lines))
 
 
 @pytest.fixture
@@ -223,9 +224,8 @@ async def proxy(tmp_path: Path, h: Any, start_envoy: Callable[..., Any],
     app.router.add_route("*", "/{tail:.*}", _echo)
     runner = web.AppRunner(app)
     await runner.setup()
-    upstream = web.TCPSite(runner, "127.0.0.1", 0)
-    await upstream.start()
-    upstream_port = upstream._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    upstream_port = runner.addresses[0][1]
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     authz = await start(build_service(policy, registry=CollectorRegistry()),
@@ -290,3 +290,20 @@ async def test_every_uri_san_of_the_client_certificate_is_checked(proxy: Proxy) 
     """A DENY on a principal catches it as the second URI SAN of the peer certificate."""
     assert await proxy.tls("/peer", "api.example.com", "good") == 200
     assert await proxy.tls("/peer", "api.example.com", "both") == 403
+
+
+@pytest.mark.slow
+async def test_forged_identity_headers_change_no_decision(proxy: Proxy) -> None:
+    """Peer-metadata and XFCC headers naming another identity neither deny nor admit anyone."""
+    import base64
+    import json
+
+    claim = base64.b64encode(json.dumps(
+        {"namespace": "admin", "service_account": "bad", "name": "x"}).encode()).decode()
+    forged = [("x-mixer-peer-metadata", claim), ("x-mixer-peer-metadata-id", "sidecar~admin"),
+              ("x-forwarded-client-cert", f"By=spiffe://x;URI={BAD}"),
+              ("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/admin/sa/x")]
+    # The certificate says "good": a DENY on "bad" stays off, an admin-only path stays shut.
+    assert await proxy.tls("/peer", "api.example.com", "good", *forged) == 200
+    assert await proxy.tls("/admin-only", "api.example.com", "good", *forged) == 403
+    assert await proxy.tls("/admin-only", "api.example.com", "good") == 403

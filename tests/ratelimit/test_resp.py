@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
-import time
 from pathlib import Path
 from typing import Any
 
@@ -116,10 +115,10 @@ async def test_timeout_resets_connection_and_recovers(own_redis: Any) -> None:
     try:
         assert await client.call(pack([b"PING"])) == b"PONG"
         proc.signal(signal.SIGSTOP)
-        started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            await client.call(pack([b"PING"]))
-        assert time.monotonic() - started < 0.4
+        # The client's 0.2 s timeout fires long before this generous bound on a hang.
+        async with asyncio.timeout(10):
+            with pytest.raises(TimeoutError):
+                await client.call(pack([b"PING"]))
         proc.signal(signal.SIGCONT)
         assert await client.call(pack([b"PING"])) == b"PONG"  # on a fresh connection
     finally:
@@ -133,11 +132,13 @@ async def test_reconnects_with_backoff_after_restart(own_redis: Any) -> None:
     try:
         assert await client.call(pack([b"SET", b"a", b"1"])) == b"OK"
         proc.stop()
+        errors = []
         for _ in range(5):
-            started = time.monotonic()
-            with pytest.raises(RespConnectionError):
+            with pytest.raises(RespConnectionError) as info:
                 await client.call(pack([b"GET", b"a"]))
-            assert time.monotonic() - started < 0.1
+            errors.append(str(info.value))
+        # After the first failed connect, calls fail at once without reconnecting (no storm).
+        assert any("reconnect backing off" in e for e in errors[1:]), errors
         own_redis()
         assert await client.ping()
         await asyncio.sleep(1.1)  # past the longest backoff

@@ -10,7 +10,7 @@ import importlib
 import sys
 import time
 
-SUITES = ("ratelimit", "authz", "telemetry", "cli")
+SUITES = ("ratelimit", "authz", "telemetry", "cli", "xds")
 
 
 def main(argv: list[str]) -> int:

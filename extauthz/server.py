@@ -296,7 +296,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         """Count and log one decision (deny, dry-run deny, audit and 401 are logged)."""
         m = self.metrics
         verdict = decision.verdict
-        m.results[verdict] += 1
+        m.results[verdict].inc()
         by = decision.decided_by
         if by is not None:
             m.count_policy(by.policy, verdict)

@@ -155,24 +155,21 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    """Run the gRPC service until SIGTERM."""
+    """Run the gRPC service until SIGTERM (``envoy_mixer.runtime.serve``)."""
+    from envoy_mixer.runtime.serve import serve, usage_error
+
     if not args.policy:
-        print("mixer authz: --policy PATH is required to serve", file=sys.stderr)
-        return 2
-    from envoy_mixer.common.logs import configure_logging
-    from envoy_mixer.runtime.service import run
+        return usage_error("mixer authz", MISSING_POLICY)
     from envoy_mixer.runtime.settings import ServerSettings
     from extauthz.app import build_service
 
-    settings = ServerSettings.from_args(SERVICE, args)
-    configure_logging(settings.log_level)
-    return run(lambda: build_service(
+    return serve(SERVICE, ServerSettings.from_args(SERVICE, args), lambda: build_service(
         Path(args.policy), default_namespace=args.default_namespace,
         root_namespace=args.root_namespace, trusted_proxies=args.trusted_proxies,
         jwks_refresh=args.jwks_refresh, trust_domains=trust_domains_from(args),
         max_request_headers_kb=args.max_request_headers_kb,
         max_headers_count=args.max_headers_count,
-    ), settings)
+    ))
 
 
 def _request_from_flags(args: argparse.Namespace) -> Any:

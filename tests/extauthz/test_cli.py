@@ -26,10 +26,13 @@ def test_serve_form_parses_with_listen_and_admin() -> None:
     assert (args.max_request_headers_kb, args.max_headers_count) == (60, 100)  # Envoy's
 
 
-def test_serve_without_policy_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
-    """Serving needs --policy."""
+def test_serve_without_policy_is_an_error(capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serving needs --policy (or MIXER_AUTHZ_POLICY): one stderr line, exit 2."""
+    monkeypatch.delenv("MIXER_AUTHZ_POLICY", raising=False)
     assert main(["authz"]) == 2
-    assert "--policy PATH is required" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "mixer authz: required: --policy PATH (or MIXER_AUTHZ_POLICY)\n")
 
 
 def test_explain_deny_names_rule(capsys: pytest.CaptureFixture[str]) -> None:

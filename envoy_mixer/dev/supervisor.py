@@ -231,7 +231,8 @@ class Supervisor:
         sleep: Callable[[float], None] = time.sleep, stop_timeout: float = 5.0,
         pid_file: Path | None = None,
     ) -> None:
-        self._on_event = on_event
+        #: Where events go; may be replaced (e.g. once the caller knows its output stream).
+        self.on_event = on_event
         self._clock = clock
         self._sleep = sleep
         self._stop_timeout = stop_timeout
@@ -308,7 +309,7 @@ class Supervisor:
         for child in self._children.values():
             events += self._step(child, self._clock())
         for event in events:
-            self._on_event(event)
+            self.on_event(event)
         if events:
             self._write_pid_file()
         return events

@@ -20,20 +20,23 @@ from controlplane.xds.types import CLUSTER, LISTENER
 NODE = "sidecar~127.0.0.1~{}.default~default.svc.cluster.local"
 
 
+Served = tuple[SnapshotCache, StatusBoard, grpc.aio.Channel, CollectorRegistry]
+
+
 def snap(*clusters: str) -> Snapshot:
     return Snapshot.build({CLUSTER: [Cluster(name=c) for c in clusters],
                            LISTENER: [Listener(name="l")]})
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[SnapshotCache, StatusBoard, grpc.aio.Channel]]:
-    cache, status = SnapshotCache(), StatusBoard()
+async def served() -> AsyncIterator[Served]:
+    cache, status, registry = SnapshotCache(), StatusBoard(), CollectorRegistry()
     server = grpc.aio.server()
-    register(server, AdsServer(cache, status, XdsMetrics(CollectorRegistry()), None))
+    register(server, AdsServer(cache, status, XdsMetrics(registry), None))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield cache, status, channel
+    yield cache, status, channel, registry
     await channel.close()
     await server.stop(0)
 
@@ -45,10 +48,10 @@ def first(name: str, type_url: str = CLUSTER) -> DiscoveryRequest:
 
 
 async def test_initial_ack_and_only_changed_proxy_pushed(
-    served: tuple[SnapshotCache, StatusBoard, grpc.aio.Channel],
+    served: Served,
 ) -> None:
     """Both proxies get CDS; an ACK gets no answer; a change to one proxy reaches only it."""
-    cache, status, channel = served
+    cache, status, channel, _registry = served
     cache.set_all({"a.default": snap("x"), "b.default": snap("y")})
     stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
     calls = {}
@@ -76,10 +79,10 @@ async def test_initial_ack_and_only_changed_proxy_pushed(
 
 
 async def test_nack_is_recorded_with_envoys_message(
-    served: tuple[SnapshotCache, StatusBoard, grpc.aio.Channel],
+    served: Served,
 ) -> None:
     """A NACK shows as NACKED with the error detail; the proxy is not sent the same again."""
-    cache, status, channel = served
+    cache, status, channel, registry = served
     cache.set_snapshot("a.default", snap("x"))
     call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
     await call.write(first("a"))
@@ -92,14 +95,15 @@ async def test_nack_is_recorded_with_envoys_message(
     assert (await call.read()).type_url == LISTENER  # nothing was re-sent for CDS
     cds = status.get("a.default").of(CLUSTER)  # type: ignore[union-attr]
     assert cds.state == "NACKED" and cds.nack_message.startswith("Invalid duration")
+    assert (registry.get_sample_value("mixer_pilot_xds_nacks_total", {"type": "CDS"}) or 0) >= 1
     call.cancel()
 
 
 async def test_a_malformed_node_id_is_refused(
-    served: tuple[SnapshotCache, StatusBoard, grpc.aio.Channel],
+    served: Served,
 ) -> None:
     """A node id that is not Istio's TYPE~IP~NAME.NS~... ends the stream PERMISSION_DENIED."""
-    _, _, channel = served
+    _, _, channel, _ = served
     call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
     request = DiscoveryRequest(type_url=CLUSTER)
     request.node.id = "frontend"

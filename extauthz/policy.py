@@ -31,12 +31,18 @@ from extauthz.trustdomain import TrustDomains
 def compile_models(models: ModelSet, *, default_namespace: str = "default",
                    root_namespace: str = "istio-system",
                    trust_domains: TrustDomains | None = None) -> PolicySet:
-    """The PolicySet of an already loaded model (compiling never fails)."""
+    """The PolicySet of an already loaded model (compiling never fails).
+
+    The views of the workloads recently decided on are built too (``PolicySet.warm``): this
+    runs in the reloader's worker thread, the first Checks after a reload on the event loop.
+    """
     with paused_gc():
         policies = compile_policies(models.policies, trust_domains)
-    return PolicySet(policies, models.authentications, root_namespace=root_namespace,
-                     default_namespace=default_namespace, files=models.files,
-                     trust_domains=trust_domains)
+        policy_set = PolicySet(policies, models.authentications, root_namespace=root_namespace,
+                               default_namespace=default_namespace, files=models.files,
+                               trust_domains=trust_domains)
+        policy_set.warm()
+    return policy_set
 
 
 def compile_documents(

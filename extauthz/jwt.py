@@ -309,6 +309,11 @@ class JwksCache:
         self._keys[uri] = keys
         self._next[uri] = self._clock() + self.refresh
 
+    async def settled(self) -> None:
+        """Wait for every fetch or refresh in flight (tests, orderly shutdown)."""
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight.values()), return_exceptions=True)
+
     async def get(self, uri: str, fetch_timeout: float = 5.0) -> KeySet | None:
         """Keys for ``uri``, fetching or refreshing as needed; None if never fetched."""
         keys = self._keys.get(uri)
@@ -373,6 +378,11 @@ class Authenticator:
         self.cache = cache or JwksCache()
         self._clock = clock
         self._verified: dict[str, tuple[KeySet, dict[str, Any]]] = {}
+
+    @property
+    def cached_signatures(self) -> int:
+        """How many verified tokens are remembered (their signatures are not checked again)."""
+        return len(self._verified)
 
     async def _keys(self, rule: JwtRule) -> KeySet | None:
         if rule.jwks is not None:

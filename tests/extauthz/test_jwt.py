@@ -218,8 +218,7 @@ async def test_jwks_uri_http_cached_and_refreshed(h: Any, signer: Any,
         served["jwks"] = other_signer.jwks   # key rotation at the issuer
         now[0] += 61
         await run(ps, h.request("/", **bearer(signer.token())), auth)  # stale: served, refreshing
-        for task in list(cache._inflight.values()):
-            await task
+        await cache.settled()
         assert served["hits"] == 2
         _, d = await run(ps, h.request("/", **bearer(other_signer.token())), auth)
         assert d.verdict == "allow"
@@ -252,7 +251,7 @@ async def test_verified_signature_cache_still_checks_expiry(h: Any, signer: Any)
     token = signer.token(exp=int(now[0]) + 10)
     first, _ = await run(ps, h.request("/", **bearer(token)), auth)
     again, _ = await run(ps, h.request("/", **bearer(token)), auth)
-    assert first.identity == again.identity and len(auth._verified) == 1
+    assert first.identity == again.identity and auth.cached_signatures == 1
     now[0] += 10 + 61  # past exp plus Envoy's 60 s skew
     late, d = await run(ps, h.request("/", **bearer(token)), auth)
     assert (late.error, d.status) == ("Jwt is expired", 401)

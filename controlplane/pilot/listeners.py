@@ -49,6 +49,7 @@ from controlplane.envoy.routes import (
     virtual_host,
 )
 from controlplane.mesh.model import (
+    ConsistentHash,
     Destination,
     EgressListener,
     HttpRoute,
@@ -58,9 +59,9 @@ from controlplane.mesh.model import (
     Server,
     Service,
 )
-from controlplane.pilot.clusters import ClusterRef
+from controlplane.pilot.clusters import ClusterRef, merged_policy
 from controlplane.pilot.proxy import Proxy
-from controlplane.pilot.routes import FAULT_FILTER, http_routes
+from controlplane.pilot.routes import FAULT_FILTER, HashFor, http_routes
 from controlplane.pilot.tls import ISTIO_ALPNS, ads_source, downstream_mtls
 
 __all__ = ["Built", "egress_listener", "gateway_listener", "host_matches", "ingress_listener"]
@@ -159,6 +160,21 @@ def _cluster_for(mesh: Mesh, built: Built, default_port: int,
     return name
 
 
+def hash_key(mesh: Mesh, default_port: int) -> HashFor:
+    """A destination's consistent-hash key from its (subset-merged) DestinationRule policy."""
+    def key(dest: Destination) -> ConsistentHash | None:
+        service = mesh.service(dest.host)
+        if service is None:
+            return None
+        port = service.port(dest.port or (service.ports[0].number if len(service.ports) == 1
+                                          else default_port)) or service.ports[0]
+        policy, _ = merged_policy(mesh, ClusterRef(service, port, dest.subset))
+        lb = policy.load_balancer if policy is not None else None
+        return lb.consistent_hash if lb is not None else None
+
+    return key
+
+
 def _refs(service: Service, port: Port, subsets: Sequence[str]) -> list[ClusterRef]:
     return [ClusterRef(service, port), *(ClusterRef(service, port, s) for s in subsets)]
 
@@ -241,7 +257,8 @@ def egress_listener(mesh: Mesh, proxy: Proxy, wiring: Wiring, built: Built,
             rules = _mesh_routes(mesh, service)
             routes = http_routes(rules or (HttpRoute(route=()),),
                                  cluster_for, port=port.number,
-                                 default_timeout=wiring.route_timeout)
+                                 default_timeout=wiring.route_timeout,
+                                 hash_for=hash_key(mesh, port.number))
             if not rules:
                 default = routes[0]
                 default.name = "default"
@@ -283,7 +300,8 @@ def gateway_listener(mesh: Mesh, proxy: Proxy, wiring: Wiring, built: Built,
         virtual_host(
             f"{host}:{port}", ["*"] if host == "*" else [host, f"{host}:{port}"],
             [health_route(), *http_routes(rules, cluster_for, port=port,
-                                          default_timeout=wiring.route_timeout)],
+                                          default_timeout=wiring.route_timeout,
+                                          hash_for=hash_key(mesh, port))],
             authz=authz_per_route(ident), rate_limits=wiring.rate_limits,
             request_headers=peer_headers(ident, "router"))
         for host, rules in sorted(by_host.items())

@@ -30,6 +30,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from controlplane.envoy.core import pack
 from controlplane.mesh.model import (
+    ConsistentHash,
     Destination,
     Fault,
     HeaderOperations,
@@ -38,7 +39,7 @@ from controlplane.mesh.model import (
     StringMatch,
 )
 
-__all__ = ["FAULT_FILTER", "ClusterFor", "http_routes"]
+__all__ = ["FAULT_FILTER", "ClusterFor", "HashFor", "hash_policies", "http_routes"]
 
 FAULT_FILTER = "envoy.filters.http.fault"
 #: Istio's default ``retryOn`` (and 2 attempts) when a route sets none.
@@ -54,6 +55,28 @@ _GRPC_CODES = {"OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3,
 
 #: Names the cluster of a destination (the port filled in when the rule leaves it out).
 ClusterFor = Callable[[Destination], str]
+#: The DestinationRule's consistent-hash key for a destination, if it has one.
+HashFor = Callable[[Destination], ConsistentHash | None]
+
+
+def hash_policies(key: ConsistentHash) -> list[RouteAction.HashPolicy]:
+    """The route's ``hash_policy`` for a DestinationRule ``consistentHash`` (the cluster's
+    RING_HASH/MAGLEV only balances by a key the route computes)."""
+    policy = RouteAction.HashPolicy()
+    if key.http_header_name is not None:
+        policy.header.header_name = key.http_header_name
+    elif key.http_cookie is not None:
+        policy.cookie.name = key.http_cookie.name
+        policy.cookie.path = key.http_cookie.path
+        if key.http_cookie.ttl is not None:
+            policy.cookie.ttl.CopyFrom(_duration(key.http_cookie.ttl))
+    elif key.use_source_ip:
+        policy.connection_properties.source_ip = True
+    elif key.http_query_parameter_name is not None:
+        policy.query_parameter.name = key.http_query_parameter_name
+    else:
+        return []
+    return [policy]
 
 
 def _duration(seconds: float) -> Duration:
@@ -123,12 +146,16 @@ def _fault(fault: Fault) -> HTTPFault:
     return out
 
 
-def _action(http: HttpRoute, cluster_for: ClusterFor, default_timeout: float) -> RouteAction:
+def _action(http: HttpRoute, cluster_for: ClusterFor, default_timeout: float,
+            hash_for: HashFor | None) -> RouteAction:
     action = RouteAction()
     rewrite_authority = http.rewrite.authority if http.rewrite else ""
     if len(http.route) == 1:
         only = http.route[0]
         action.cluster = cluster_for(only.destination)
+        key = hash_for(only.destination) if hash_for is not None else None
+        if key is not None:
+            action.hash_policy.extend(hash_policies(key))
         if not rewrite_authority:
             action.host_rewrite_literal = only.destination.host
     else:
@@ -188,10 +215,11 @@ def _redirect(http: HttpRoute) -> RedirectAction:
 
 
 def http_routes(routes: Sequence[HttpRoute], cluster_for: ClusterFor, *, port: int,
-                default_timeout: float) -> list[Route]:
+                default_timeout: float, hash_for: HashFor | None = None) -> list[Route]:
     """The Envoy routes of a VirtualService's ``http[]`` for a listener/service ``port``.
 
-    A match entry naming another ``port`` is left out.
+    A match entry naming another ``port`` is left out. ``hash_for`` gives a single
+    destination's consistent-hash key (a weighted route has none, as in Istio).
     """
     out: list[Route] = []
     for index, http in enumerate(routes):
@@ -203,7 +231,7 @@ def http_routes(routes: Sequence[HttpRoute], cluster_for: ClusterFor, *, port: i
             if http.redirect is not None:
                 route.redirect.CopyFrom(_redirect(http))
             else:
-                route.route.CopyFrom(_action(http, cluster_for, default_timeout))
+                route.route.CopyFrom(_action(http, cluster_for, default_timeout, hash_for))
             if http.fault is not None:
                 route.typed_per_filter_config[FAULT_FILTER].CopyFrom(pack(_fault(http.fault)))
             if http.headers is not None:

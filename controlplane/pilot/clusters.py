@@ -18,6 +18,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from controlplane.envoy.core import socket_address
 from controlplane.mesh.model import (
+    ClientTLS,
     Endpoint,
     Mesh,
     Port,
@@ -145,7 +146,7 @@ def _apply_policy(out: Cluster, policy: TrafficPolicy, ref: ClusterRef, sans: li
             out.common_lb_config.healthy_panic_threshold.value = od.min_health_percent
     if policy.tls is not None:
         subset = ref.subset
-        sni = f"outbound_.{ref.port.number}_.{subset or '_'}_.{ref.service.host}"
+        sni = f"outbound_.{ref.port.number}_.{subset}_.{ref.service.host}"
         socket = upstream_tls(policy.tls, sni=sni, sans=sans)
         if socket is not None:
             out.transport_socket.CopyFrom(socket)
@@ -155,8 +156,13 @@ def _duration(seconds: float) -> Duration:
     return Duration(**_seconds(seconds))
 
 
-def outbound_cluster(mesh: Mesh, ref: ClusterRef, trust_domain: str) -> Cluster:
-    """The cluster for ``ref`` with its policy; EDS for IP endpoints, DNS otherwise."""
+def outbound_cluster(mesh: Mesh, ref: ClusterRef, trust_domain: str, *,
+                     auto_mtls: bool = False) -> Cluster:
+    """The cluster for ``ref`` with its policy; EDS for IP endpoints, DNS otherwise.
+
+    ``auto_mtls`` (the control plane has the mesh CA): ISTIO_MUTUAL to in-mesh workloads
+    unless the DestinationRule sets ``tls``.
+    """
     out = Cluster(name=ref.name, lb_policy=Cluster.ROUND_ROBIN)
     out.connect_timeout.CopyFrom(_duration(DEFAULT_CONNECT_TIMEOUT))
     if ref.eds:
@@ -173,9 +179,20 @@ def outbound_cluster(mesh: Mesh, ref: ClusterRef, trust_domain: str) -> Cluster:
         out.load_assignment.endpoints.add().lb_endpoints.extend(
             LbEndpoint(endpoint={"address": socket_address(h, p)}) for h, p in targets)
     policy, _ = merged_policy(mesh, ref)
+    if auto_mtls and (policy is None or policy.tls is None) and _in_mesh(mesh, ref):
+        # Istio's auto mTLS: a rule that says nothing about TLS to a workload with a sidecar
+        # gets ISTIO_MUTUAL (the server may be STRICT).
+        policy = replace(policy or TrafficPolicy(), tls=ClientTLS(mode="ISTIO_MUTUAL"))
     if policy is not None:
         sans = sorted({f"spiffe://{trust_domain}/ns/{ref.service.namespace}/sa/"
-                       f"{e.service_account}"
-                       for e in subset_endpoints(mesh, ref) if e.service_account})
+                       f"{e.service_account or 'default'}"
+                       for e in subset_endpoints(mesh, ref)})
         _apply_policy(out, policy, ref, list(ref.service.subject_alt_names) or sans)
     return out
+
+
+def _in_mesh(mesh: Mesh, ref: ClusterRef) -> bool:
+    """True when every endpoint is a WorkloadEntry with a proxy of the mesh."""
+    endpoints = subset_endpoints(mesh, ref)
+    return (ref.service.location == "MESH_INTERNAL" and bool(endpoints)
+            and all(e.workload is not None for e in endpoints))

@@ -104,7 +104,8 @@ def generate(mesh: Mesh, proxy: Proxy, context: Context) -> ProxyResources:
     for port, servers in sorted(by_port.items()):
         gateway_listener(mesh, proxy, wiring, built, port, servers)
     refs = [built.clusters[name] for name in sorted(built.clusters)]
-    clusters = [*inbound, *(outbound_cluster(mesh, r, context.trust_domain) for r in refs),
+    clusters = [*inbound, *(outbound_cluster(mesh, r, context.trust_domain, auto_mtls=context.mtls)
+                   for r in refs),
                 *service_clusters(context.services)]
     endpoints = [load_assignment(mesh, r) for r in refs if r.eds]
     issued = context.certificates.get(proxy.key)

@@ -80,3 +80,24 @@ def test_virtual_service_and_destination_rule_features_golden() -> None:
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
     assert got == json.loads(path.read_text())
+
+
+def test_auto_mtls_to_mesh_workloads_unless_the_rule_sets_tls(demo: Mesh) -> None:
+    """With the mesh CA, a cluster to in-mesh workloads is ISTIO_MUTUAL (SNI, SPIFFE SAN) when
+    no DestinationRule sets tls; the backend's explicit DISABLE stays plaintext."""
+    from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import UpstreamTlsContext
+
+    generated = generate_all(demo, Context(mtls=True))
+    ingress = {c.name: c for c in generated["istio-ingressgateway.istio-system"].clusters}
+    frontend = ingress["outbound|8080||frontend.default.svc.cluster.local"]
+    context = UpstreamTlsContext()
+    frontend.transport_socket.typed_config.Unpack(context)
+    assert context.sni == "outbound_.8080_._.frontend.default.svc.cluster.local"
+    sans = context.common_tls_context.combined_validation_context.default_validation_context
+    assert [m.matcher.exact for m in sans.match_typed_subject_alt_names] == [
+        "spiffe://cluster.local/ns/default/sa/frontend"]
+    backend = {c.name: c for c in generated["frontend-0.default"].clusters}[
+        "outbound|8080||backend.default.svc.cluster.local"]
+    assert not backend.HasField("transport_socket")
+    egress = {c.name: c for c in generated["istio-egressgateway.istio-system"].clusters}
+    assert not egress["outbound|80||httpbin.org"].HasField("transport_socket")

@@ -1,4 +1,4 @@
-"""Loading Istio YAML: accepted shapes, and one error file per failure with its exact text."""
+"""The loader: accepted Istio YAML shapes, and one error file per failure with its exact text."""
 
 # ruff: noqa: E501  (the exact error messages are asserted whole, so some lines are long)
 

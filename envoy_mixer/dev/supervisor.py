@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from envoy_mixer.dev.procs import ProcessError
+from envoy_mixer.dev.procs import ManagedProcess, ProcessError
 
 __all__ = [
     "NEVER",
@@ -116,6 +116,13 @@ class ChildSpec:
     env: Mapping[str, str] | None = None
     cwd: Path | None = None
     policy: RestartPolicy = field(default_factory=RestartPolicy)
+
+    @classmethod
+    def of(cls, process: ManagedProcess, name: str | None = None,
+           policy: RestartPolicy | None = None) -> ChildSpec:
+        """The spec of a (not started) ``procs.ManagedProcess``, so its tables can be reused."""
+        return cls(name or process.name, tuple(process.argv), process.log_path, process.ready,
+                   env=process.env, policy=policy or RestartPolicy())
 
 
 class ChildState(enum.StrEnum):

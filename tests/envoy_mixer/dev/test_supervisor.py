@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from envoy_mixer.dev.procs import ManagedProcess
 from envoy_mixer.dev.supervisor import (
     NEVER,
     Backoff,
@@ -119,6 +120,19 @@ def test_messages_name_the_child_the_signal_and_the_delay() -> None:
     assert Event(EventKind.BACK, "telemetry", pid=8).message == "telemetry is back (pid 8)"
     assert Event(EventKind.EXITED, "authz", returncode=1, delay=2.0).message == (
         "authz exited with 1; restarting in 2s")
+
+
+def test_a_managed_process_table_converts_to_specs(tmp_path: Path) -> None:
+    """ChildSpec.of keeps argv, log, readiness and env of a procs.ManagedProcess."""
+    def ready() -> bool:
+        return True
+
+    proc = ManagedProcess("mixer authz", ["mixer", "authz"], tmp_path / "a.log", ready,
+                          env={"A": "1"})
+    spec = ChildSpec.of(proc, name="authz")
+    assert (spec.name, tuple(spec.argv), spec.log_path, spec.ready, spec.env) == (
+        "authz", ("mixer", "authz"), tmp_path / "a.log", ready, {"A": "1"})
+    assert spec.policy == RestartPolicy()
 
 
 # ---------------------------------------------------------------------------- real children

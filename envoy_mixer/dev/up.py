@@ -17,7 +17,8 @@ before it expires (the atomic swap Envoy's file SDS watches), so the demo outliv
 Then it prints what runs where and three curl commands (allowed, denied by policy, rate
 limited). ``--check`` runs those three requests, asserts 200/403/429 and exits 0 or 1.
 Ctrl-C (or SIGTERM) stops every process it started. The example files hot-reload in the
-services; when ``ratelimit.yaml`` needs different Envoy actions, the affected Envoys restart.
+services; when ``ratelimit.yaml`` needs different Envoy actions, or ``peer-authentication.yaml``
+different mTLS modes, the affected Envoys restart.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -419,7 +420,7 @@ def describe(run: MeshRun) -> str:
         summary = ", ".join(f"{role.removeprefix('sidecar-')} {mode}"
                             for role, mode in modes.items())
         lines += ["", f"  mTLS: {summary} (from {EXAMPLE_FILES['peerauthn']}; "
-                      "restart to apply edits)",
+                      "edits restart the Envoys)",
                   f"  mesh CA: {run.ca_dir}   certificates: {run.cert_root}/<workload>/"]
     lines += ["", f"  config files (edit them, they hot-reload): {run.examples.resolve()}",
               f"  rendered Envoy configs and logs:           {run.run_dir}", "", "Try:"]
@@ -510,9 +511,11 @@ def _terminate_on_sigterm() -> Iterator[None]:
 
 def watch(run: MeshRun, out: TextIO, poll: float = 1.0,
           should_stop: Callable[[], bool] = lambda: False) -> int:
-    """Supervise until interrupted: report crashes, re-derive actions when limits change."""
+    """Supervise until interrupted: report crashes, re-derive actions when limits change,
+    re-render the Envoys whose mTLS mode changes when peer-authentication.yaml does."""
     limits_file = run.examples / EXAMPLE_FILES["ratelimit"]
-    mtime = _mtime(limits_file)
+    peer_file = run.examples / EXAMPLE_FILES["peerauthn"]
+    mtime, peer_mtime = _mtime(limits_file), _mtime(peer_file)
     while not should_stop():
         time.sleep(poll)
         for name, proc in run.processes.items():
@@ -524,6 +527,10 @@ def watch(run: MeshRun, out: TextIO, poll: float = 1.0,
         if current != mtime:
             mtime = current
             _reapply_rate_limits(run, out)
+        current = _mtime(peer_file)
+        if current != peer_mtime:
+            peer_mtime = current
+            _reapply_peer_authentication(run, out)
     return 0
 
 
@@ -548,7 +555,33 @@ def _reapply_rate_limits(run: MeshRun, out: TextIO) -> None:
     if not changed:
         return
     render_configs(run)
-    for role in changed:
+    _restart_envoys(run, changed, out,
+                    lambda role: "rate_limits actions re-derived from ratelimit.yaml")
+
+
+def _reapply_peer_authentication(run: MeshRun, out: TextIO) -> None:
+    """Resolve the edited PeerAuthentication; restart the Envoys whose config it changes."""
+    if run.security is None or run.security.mode_override is not None:
+        return  # --mtls fixes every mode
+    try:
+        policies = load_security_policies(run.examples)
+    except ConfigError as exc:
+        print(f"peer-authentication.yaml not applied (the mesh keeps its modes): {exc}",
+              file=out, flush=True)
+        return
+    before = {role: path.read_text() for role, path in run.configs.items()}
+    run.security = replace(run.security, peer_authentications=policies)
+    render_configs(run)
+    changed = [role for role, path in run.configs.items() if path.read_text() != before[role]]
+    modes = run.modes()
+    _restart_envoys(run, changed, out, lambda role: (
+        f"mTLS {modes[role]} from peer-authentication.yaml" if role in modes
+        else "peer-authentication.yaml applied to its upstream"))
+
+
+def _restart_envoys(run: MeshRun, roles: Sequence[str], out: TextIO,
+                    why: Callable[[str], str]) -> None:
+    for role in roles:
         name = f"envoy {role}"
         run.processes[name].stop(timeout=5)
         proc = _envoy(run, role).start()
@@ -558,8 +591,7 @@ def _reapply_rate_limits(run: MeshRun, out: TextIO) -> None:
         except procs.ProcessError as exc:
             print(f"error: restarting {role} failed: {exc}", file=out, flush=True)
             continue
-        print(f"{role}: rate_limits actions re-derived from ratelimit.yaml, Envoy restarted",
-              file=out, flush=True)
+        print(f"{role}: {why(role)}, Envoy restarted", file=out, flush=True)
 
 
 def register(subparsers: Any) -> None:

@@ -299,6 +299,36 @@ def test_new_limit_rederives_envoy_actions(mesh: Mesh) -> None:
 
 
 @pytest.mark.slow
+def test_peer_authentication_edit_restarts_the_sidecar_with_its_new_mode(mesh: Mesh) -> None:
+    """STRICT refuses plaintext at the backend sidecar; a PERMISSIVE edit admits it, mTLS stays."""
+    inbound = local_mesh(mesh.base).backend.inbound
+    health = f"http://127.0.0.1:{inbound.port}/healthz/ready"
+    with pytest.raises(OSError):
+        http_get(health)
+    policy = mesh.examples / "peer-authentication.yaml"
+    policy.write_text(policy.read_text() + """---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: backend, namespace: default}
+spec:
+  selector: {matchLabels: {app: backend}}
+  mtls: {mode: PERMISSIVE}
+""")
+
+    def plaintext_admitted() -> bool:
+        try:
+            return http_get(health).status == 200
+        except OSError:
+            return False
+
+    _until(plaintext_admitted, 20, step=0.3)
+    assert "sidecar-backend: mTLS PERMISSIVE from peer-authentication.yaml" in (
+        mesh.out.read_text())
+    # The frontend still calls it over mTLS, so its principal still admits it.
+    assert http_get(mesh.url + "/api/still-mtls").status == 200
+
+
+@pytest.mark.slow
 def test_sigterm_stops_every_process(mesh: Mesh) -> None:
     """SIGTERM to `mixer up` exits 0 and frees every port of the mesh."""
     mesh.proc.send_signal(signal.SIGTERM)

@@ -25,6 +25,9 @@ DEMO = Path(__file__).resolve().parents[1] / "mesh" / "testdata" / "demo"
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 #: The demo's bound ports (sidecar ingress/egress, the apps) that a test moves to free ones.
 DEMO_PORTS = (8090, 8091, 8092, 8100, 8101)
+#: The ingress gateway's port (8080 is also the services' logical port: only the Gateway's
+#: server is moved).
+GATEWAY_PORT = 8080
 
 
 @dataclass(frozen=True)
@@ -38,12 +41,16 @@ class MeshDir:
 def demo_mesh(dest: Path) -> MeshDir:
     """Copy the demo mesh into ``dest`` with each bound port replaced by a free one."""
     shutil.copytree(DEMO, dest)
-    ports = {p: procs.free_port() for p in DEMO_PORTS}
+    ports = {p: procs.free_port() for p in (*DEMO_PORTS, GATEWAY_PORT)}
     for name in ("sidecars.yaml", "workloads.yaml"):
         text = (dest / name).read_text()
         for old, new in ports.items():
-            text = text.replace(str(old), str(new))
+            if old != GATEWAY_PORT:
+                text = text.replace(str(old), str(new))
         (dest / name).write_text(text)
+    gateways = dest / "gateways.yaml"
+    gateways.write_text(gateways.read_text().replace(
+        f"number: {GATEWAY_PORT}", f"number: {ports[GATEWAY_PORT]}"))
     # mTLS as mixer up runs it: STRICT mesh-wide, ISTIO_MUTUAL to the backend (the policy
     # admits the frontend by its certificate's principal).
     rules = dest / "destinationrules.yaml"
@@ -59,21 +66,22 @@ def issue(ca_dir: Path, out: Path, namespace: str, account: str) -> Path:
                                       now=datetime.now(UTC)))
 
 
-def bootstrap(workload: str, app: str, xds: int, admin: int, cert_dir: Path | None) -> str:
-    """The minimal bootstrap of the proxy of WorkloadEntry ``workload`` (namespace default)."""
-    ident = Workload(name=app, namespace="default", pod=workload)
+def bootstrap(workload: str, app: str, xds: int, admin: int, cert_dir: Path | None, *,
+              namespace: str = "default", proxy_type: str = "sidecar") -> str:
+    """The minimal bootstrap of the proxy of WorkloadEntry ``workload``."""
+    ident = Workload(name=app, namespace=namespace, pod=workload)
     san = "spiffe://cluster.local/ns/istio-system/sa/istiod" if cert_dir else None
-    return to_yaml(xds_bootstrap(ident, "sidecar", xds=Endpoint("127.0.0.1", xds),
+    return to_yaml(xds_bootstrap(ident, proxy_type, xds=Endpoint("127.0.0.1", xds),
                                  admin=Endpoint("127.0.0.1", admin), cert_dir=cert_dir,
                                  server_san=san))
 
 
-def app_process(name: str, port: int, log: Path) -> procs.ManagedProcess:
-    """The demo HTTP app on ``port``."""
+def app_process(name: str, port: int, log: Path, *call: str) -> procs.ManagedProcess:
+    """The demo HTTP app on ``port`` (``call``: ``--call URL --call-host HOST``)."""
     return procs.ManagedProcess(
         name=f"app {name}", log_path=log,
         argv=[sys.executable, "-m", "envoy_mixer.dev.demo.app", "--name", name,
-              "--port", str(port)],
+              "--port", str(port), *call],
         ready=lambda: procs.tcp_ok(port))
 
 

@@ -59,11 +59,12 @@ def _synced(admin: int, proxy: str) -> bool:
         status["types"]["LDS"]["state"] == "SYNCED"
 
 
-def test_two_envoys_route_get_pushes_nack_and_survive_a_restart(
+def test_envoys_route_get_pushes_nack_and_survive_a_restart(
     tmp_path: Path, start_envoy: Start, start_mixer: Start, free_port: Callable[[], int],
 ) -> None:
-    """frontend -> backend through pilot-served Envoys: policy, telemetry, a VirtualService
-    edit, a NACK kept out of service, and a control-plane restart without dropped traffic."""
+    """ingress -> frontend -> backend through pilot-served Envoys (mTLS, policy, rate limit,
+    telemetry), a VirtualService edit, a NACK kept out of service, and a control-plane
+    restart without dropped traffic."""
     mesh = demo_mesh(tmp_path / "mesh")
     flags = _services(start_mixer, free_port, mesh.path)
     telemetry_admin = int(flags.pop())
@@ -73,19 +74,33 @@ def test_two_envoys_route_get_pushes_nack_and_survive_a_restart(
                   "--admin", f"127.0.0.1:{admin}", "--ca-dir", str(tmp_path / "ca"), *flags]
     certs = {n: issue(tmp_path / "ca", tmp_path / "certs" / n, "default", n)
              for n in ("frontend", "backend")}
+    certs["ingress"] = issue(tmp_path / "ca", tmp_path / "certs" / "ingress", "istio-system",
+                             "istio-ingressgateway-service-account")
     pilot = start_mixer(pilot_args, admin)
-    backend_app = app_process("backend", mesh.ports[8100], tmp_path / "backend.log").start()
+    outbound = f"http://127.0.0.1:{mesh.ports[8092]}"
+    apps = [app_process("backend", mesh.ports[8100], tmp_path / "backend.log").start(),
+            app_process("frontend", mesh.ports[8090], tmp_path / "frontend.log",
+                        "--call", outbound, "--call-host", "backend").start()]
     try:
-        backend_app.wait_ready(15)
+        for app in apps:
+            app.wait_ready(15)
         for name in ("backend", "frontend"):
             envoy_admin = free_port()
             start_envoy(bootstrap(f"{name}-0", name, xds, envoy_admin, certs[name]),
                         envoy_admin, name=name)
-        outbound = f"http://127.0.0.1:{mesh.ports[8092]}"
+        envoy_admin = free_port()
+        start_envoy(bootstrap("istio-ingressgateway", "istio-ingressgateway", xds, envoy_admin,
+                              certs["ingress"], namespace="istio-system", proxy_type="router"),
+                    envoy_admin, name="ingress")
+        ingress = f"http://127.0.0.1:{mesh.ports[8080]}"
 
-        status, _, body = http(f"{outbound}/api/items", host="backend")
-        assert status == 200 and json.loads(body)["service"] == "backend"
+        status, _, body = http(f"{ingress}/api/items")
+        assert status == 200, body
+        assert json.loads(body)["upstream"]["body"]["service"] == "backend"
         assert http(f"{outbound}/admin", host="backend")[0] == 403  # ext_authz DENY policy
+        assert http(f"{ingress}/private")[0] == 403  # the gateway's ALLOW list
+        limited = [http(f"{ingress}/api/limited")[0] for _ in range(4)]
+        assert limited == [200, 200, 200, 429]  # ratelimit.yaml: 3 per minute per client
         eventually(lambda: "istio_requests_total{" in urllib_text(
             f"http://127.0.0.1:{telemetry_admin}/metrics"), what="telemetry saw the requests")
 
@@ -114,20 +129,21 @@ def test_two_envoys_route_get_pushes_nack_and_survive_a_restart(
                    == "NACKED", what="frontend NACKED the bad cluster")
         cds = _status(admin)["frontend-0.default"]["types"]["CDS"]
         assert "ConnectTimeout" in cds["nack_message"] or "connect_timeout" in cds["nack_message"]
-        assert http(f"{outbound}/api/items", host="backend")[0] == 200
+        assert http(f"{ingress}/api/items")[0] == 200
         dr.write_text(good_dr)
         eventually(lambda: _synced(admin, "frontend-0.default"), what="fixed config SYNCED")
 
-        # Restart: traffic flows while the control plane is down, and it re-serves both.
+        # Restart: traffic flows while the control plane is down, and it re-serves all three.
         pilot.stop()
-        assert http(f"{outbound}/api/items", host="backend")[0] == 200
+        assert http(f"{ingress}/api/items")[0] == 200
         start_mixer(pilot_args, admin)
-        eventually(lambda: _synced(admin, "frontend-0.default")
-                   and _synced(admin, "backend-0.default"), timeout=40,
-                   what="both proxies re-served after the restart")
+        proxies = ("frontend-0.default", "backend-0.default", "istio-ingressgateway.istio-system")
+        eventually(lambda: all(_synced(admin, p) for p in proxies), timeout=40,
+                   what="every proxy re-served after the restart")
         assert http(f"{outbound}/api/items", host="backend")[1].get("x-pilot-edit") == "1"
     finally:
-        backend_app.stop()
+        for app in apps:
+            app.stop()
 
 
 def urllib_text(url: str) -> str:

@@ -177,9 +177,6 @@ def build(args: argparse.Namespace) -> str:
     if args.rate_limit_actions:
         return yaml_text({"domain": domain, "rate_limits": [
             message_to_data(entry) for entry in rate_limits_block(actions)]})
-    if args.snippets:
-        proxy_type = "sidecar" if args.role == "sidecar" else "router"
-        return snippets(services, workload, domain, actions, proxy_type)
     policies = (tuple(load_peer_authentications(args.peer_authentication))
                 if args.peer_authentication is not None else ())
     options = ProxyOptions(listen_host=args.listen_host, admin=args.admin,
@@ -194,6 +191,10 @@ def build(args: argparse.Namespace) -> str:
                                        args.service_port)
         upstreams.append(Upstream(service, address, ns or "default", args.service_port,
                                   mtls=peer_mode != "DISABLE"))
+    if args.snippets:
+        proxy_type = "sidecar" if args.role == "sidecar" else "router"
+        return snippets(services, workload, domain, actions, proxy_type, tls=options.tls,
+                        upstreams=[u for u in upstreams if u.mtls])
     if args.role == "sidecar":
         config = sidecar(workload, services, options, inbound_port=args.inbound_port,
                          app=args.app_address, outbound_port=args.outbound_port,

@@ -15,11 +15,13 @@ from controlplane.envoy.filters import (
     authz_disabled,
     authz_per_route,
     authz_with_istio_inputs,
+    peer_request_strip_filter,
     ratelimit_filter,
 )
-from controlplane.envoy.model import MixerServices, Workload
+from controlplane.envoy.model import MeshTls, MixerServices, Upstream, Workload
 from controlplane.envoy.ratelimit_actions import Actions, rate_limits_block
 from controlplane.envoy.render import message_to_data, yaml_text
+from controlplane.envoy.tls import downstream_tls, upstream_tls
 
 
 def _per_filter(settings: Message) -> dict[str, object]:
@@ -31,8 +33,13 @@ def _each(messages: Sequence[Message]) -> list[object]:
 
 
 def snippets(services: MixerServices, workload: Workload, domain: str,
-             actions: Sequence[Actions], proxy_type: str = "sidecar") -> str:
-    """The pieces to paste into an existing Envoy, with comments saying where each goes."""
+             actions: Sequence[Actions], proxy_type: str = "sidecar", *,
+             tls: MeshTls | None = None, upstreams: Sequence[Upstream] = ()) -> str:
+    """The pieces to paste into an existing Envoy, with comments saying where each goes.
+
+    With ``tls`` (``--cert-dir``) also the mesh mTLS sockets: the inbound server side and,
+    per upstream, the ISTIO_MUTUAL client side.
+    """
     sections: list[tuple[str, object]] = [
         ("bootstrap node: who this Envoy is (telemetry labels come from here)",
          {"node": message_to_data(node(workload, proxy_type))}),
@@ -46,7 +53,15 @@ def snippets(services: MixerServices, workload: Workload, domain: str,
          _per_filter(authz_per_route(workload))),
         ("health-check routes: typed_per_filter_config to skip the policy check",
          _per_filter(authz_disabled())),
+        ("HttpConnectionManager.http_filters on gateways and plaintext listeners: FIRST, so "
+         "no client can send peer metadata", _each([peer_request_strip_filter()])),
     ]
+    if tls is not None:
+        sections.append(("inbound filter_chains[].transport_socket: mesh mTLS, client "
+                         "certificate required (STRICT)", message_to_data(downstream_tls(tls))))
+        for up in upstreams:
+            sections.append((f"clusters[{up.cluster_name}].transport_socket: ISTIO_MUTUAL",
+                             message_to_data(upstream_tls(tls, up))))
     if actions:
         sections.append((f"virtual_host.rate_limits: derived from domain '{domain}'",
                          _each(rate_limits_block(actions))))

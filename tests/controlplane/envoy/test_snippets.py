@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from controlplane.envoy.model import MixerServices, Workload
+from controlplane.envoy.model import Endpoint, MeshTls, MixerServices, Upstream, Workload
 from controlplane.envoy.ratelimit_actions import action_for
 from controlplane.envoy.snippets import snippets
 
@@ -40,3 +40,18 @@ def test_without_actions_the_last_section_says_how_to_get_them() -> None:
     sections = _sections(snippets(MixerServices(), Workload("web"), "web", ()))
     last = list(sections)[-1]
     assert "--ratelimit-config" in last and sections[last] == []
+
+
+def test_with_a_certificate_the_mtls_sockets_are_included() -> None:
+    """tls: the strip filter, the STRICT server socket and one ISTIO_MUTUAL socket per upstream."""
+    up = Upstream("api", Endpoint("10.0.0.2", 15006))
+    sections = _sections(snippets(MixerServices(), Workload("web"), "web", (),
+                                  tls=MeshTls("/certs/web"), upstreams=[up]))
+    by_start = {title.split(":")[0]: body for title, body in sections.items()}
+    server = by_start["inbound filter_chains[].transport_socket"]
+    assert isinstance(server, dict)
+    assert server["typed_config"]["require_client_certificate"] is True
+    client = by_start[f"clusters[{up.cluster_name}].transport_socket"]
+    assert isinstance(client, dict) and client["typed_config"]["sni"] == up.sni
+    assert "inbound filter_chains[].transport_socket" not in {
+        t.split(":")[0] for t in _sections(snippets(MixerServices(), Workload("web"), "web", ()))}

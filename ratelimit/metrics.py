@@ -88,10 +88,6 @@ class RateLimitMetrics:
         self._rule_slot = self.rules.slot
         self._shadow = self.global_shadow_mode.labels()
 
-    def rule_values(self, domain: str, key: str) -> list[int]:
-        """The per-rule counter values of (domain, key), in RULE_COUNTERS order."""
-        return [int(v) for v in self.rules.values(domain, key)]
-
     def record(self, domain: str, decision: Decision) -> None:
         """Count one decision's statistics."""
         if not decision.domain_found:

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
-from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
 from envoy_mixer.common.logs import log_event
@@ -119,12 +119,11 @@ def metadata_struct(data: dict[str, Any]) -> struct_pb2.Struct:
     return message
 
 
-class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
+class RateLimitServicer:
     """ShouldRateLimit over the current config snapshot and the limiter.
 
     ``register`` serves ``should_rate_limit_raw`` (bytes in, bytes out through ``wire``);
-    ``ShouldRateLimit`` is the same logic over the generated classes, kept for embedding and
-    as the reference the wire codec is tested against.
+    ``decide_json`` answers the admin port's ``POST /json`` with the same decision path.
     """
 
     def __init__(
@@ -137,17 +136,6 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         # very same Request then hits the limiter's compiled-request cache. Bounded, cleared
         # whole when full.
         self._decoded: dict[bytes, Request] = {}
-
-    async def ShouldRateLimit(
-        self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext
-    ) -> rls_pb2.RateLimitResponse:
-        """Decide one request (generated classes); errors become gRPC status codes."""
-        started = time.perf_counter()
-        try:
-            decision = await self._decide(to_request(request), context)
-        finally:
-            self.metrics.latency.observe(time.perf_counter() - started)
-        return to_response(decision)
 
     async def should_rate_limit_raw(
         self, request: bytes, context: grpc.aio.ServicerContext

@@ -314,17 +314,3 @@ async def test_redis_outage_and_recovery(serve: StartFn, own_redis: Any) -> None
     assert resp.overall_code == Code.OK and resp.statuses[0].limit_remaining == 2
     async with aiohttp.ClientSession() as session, session.get(h.admin + "/healthz") as resp:
         assert resp.status == 200
-
-
-async def test_generated_class_method_matches_served_bytes(tmp_path: Path) -> None:
-    """ShouldRateLimit (generated classes) answers like the served bytes method."""
-    (tmp_path / "edge.yaml").write_text(LIMITS)
-    first, second = (build(RateLimitSettings(config=tmp_path)) for _ in range(2))
-    for app in (first, second):
-        app.reloader.reload()
-    request = rls_pb2.RateLimitRequest(domain="edge", descriptors=[
-        descriptor(("remote_address", "1.1.1.1")), descriptor(("user", "bob"))])
-    via_classes = await first.servicer.ShouldRateLimit(request, None)
-    via_bytes = await second.servicer.should_rate_limit_raw(request.SerializeToString(), None)
-    assert rls_pb2.RateLimitResponse.FromString(via_bytes) == via_classes
-    assert via_classes.statuses[0].limit_remaining == 2

@@ -62,7 +62,7 @@ from controlplane.mesh.model import (
 from controlplane.pilot.clusters import ClusterRef, merged_policy
 from controlplane.pilot.proxy import Proxy
 from controlplane.pilot.routes import FAULT_FILTER, HashFor, http_routes
-from controlplane.pilot.tls import ISTIO_ALPNS, ads_source, downstream_mtls
+from controlplane.pilot.tls import ISTIO_ALPNS, ads_source, downstream_mtls, gateway_tls
 
 __all__ = ["Built", "egress_listener", "gateway_listener", "host_matches", "ingress_listener"]
 
@@ -310,6 +310,11 @@ def gateway_listener(mesh: Mesh, proxy: Proxy, wiring: Wiring, built: Built,
         vhosts.append(virtual_host("blackhole", ["*"],
                                    [health_route(), not_found_route("unknown", "no route\n")],
                                    authz=authz_per_route(ident)))
+    if any(s.tls is not None and s.tls.https_redirect and not _terminates(s)
+           for _, s in servers):
+        # An HTTP server with httpsRedirect answers every request with a redirect to https.
+        for vhost in vhosts:
+            vhost.require_tls = VirtualHost.ALL
     built.routes.append(route_configuration(route_name, vhosts))
     hcm = http_connection_manager(
         stat_prefix=name, route_config=route_configuration(route_name, []),
@@ -317,4 +322,33 @@ def gateway_listener(mesh: Mesh, proxy: Proxy, wiring: Wiring, built: Built,
                                                    strip_peer_response=True))),
         access_logs=[access_log(wiring.services, f"{wiring.domain}-gateway")], edge=True,
     )
-    built.listeners.append(_rds_listener(name, bind, port, hcm, route_name))
+    out = _rds_listener(name, bind, port, hcm, route_name)
+    if any(_terminates(s) for _, s in servers):
+        _tls_chains(out, [s for _, s in servers])
+    built.listeners.append(out)
+
+
+def _terminates(server: Server) -> bool:
+    tls = server.tls
+    return tls is not None and (tls.mode == "ISTIO_MUTUAL"
+                                or bool(tls.server_certificate and tls.private_key))
+
+
+def _tls_chains(out: Listener, servers: Sequence[Server]) -> None:
+    """One filter chain per server of the port: TLS ones matched by SNI (their hosts),
+    plaintext ones by ``raw_buffer``; tls_inspector reads the ClientHello."""
+    base = FilterChain()
+    base.CopyFrom(out.filter_chains[0])
+    out.ClearField("filter_chains")
+    for server in servers:
+        chain = out.filter_chains.add()
+        chain.CopyFrom(base)
+        chain.name = server.name or f"{server.port.name}"
+        if _terminates(server) and server.tls is not None:
+            chain.filter_chain_match.transport_protocol = "tls"
+            names = sorted({h.host for h in server.hosts if h.host != "*"})
+            chain.filter_chain_match.server_names.extend(names)
+            chain.transport_socket.CopyFrom(gateway_tls(server.tls))
+        else:
+            chain.filter_chain_match.transport_protocol = "raw_buffer"
+    out.listener_filters.add(name=TLS_INSPECTOR).typed_config.CopyFrom(pack(TlsInspector()))

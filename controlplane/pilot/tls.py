@@ -21,9 +21,9 @@ from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import (
 
 from controlplane.ca.sds import ROOTCA_SECRET, WORKLOAD_SECRET
 from controlplane.envoy.core import pack
-from controlplane.mesh.model import ClientTLS
+from controlplane.mesh.model import ClientTLS, ServerTLS
 
-__all__ = ["ISTIO_ALPNS", "downstream_mtls", "sds", "upstream_tls"]
+__all__ = ["ISTIO_ALPNS", "downstream_mtls", "gateway_tls", "sds", "upstream_tls"]
 
 TLS_SOCKET = "envoy.transport_sockets.tls"
 #: What an ISTIO_MUTUAL client offers, and what the mTLS inbound chain matches.
@@ -84,4 +84,30 @@ def downstream_mtls() -> TransportSocket:
     context = DownstreamTlsContext(
         common_tls_context=_mesh_context((), ("h2", "http/1.1")))
     context.require_client_certificate.value = True
+    return TransportSocket(name=TLS_SOCKET, typed_config=pack(context))
+
+
+def gateway_tls(tls: ServerTLS) -> TransportSocket:
+    """A Gateway server's TLS termination.
+
+    SIMPLE: the server certificate and key files; MUTUAL: also a client certificate checked
+    against ``caCertificates`` (and ``subjectAltNames``); ISTIO_MUTUAL: the gateway's own mesh
+    certificate over SDS and a client certificate from the mesh.
+    """
+    if tls.mode == "ISTIO_MUTUAL":
+        context = DownstreamTlsContext(common_tls_context=_mesh_context(
+            tls.subject_alt_names, ("h2", "http/1.1")))
+        context.require_client_certificate.value = True
+        return TransportSocket(name=TLS_SOCKET, typed_config=pack(context))
+    context = DownstreamTlsContext()
+    common = context.common_tls_context
+    common.alpn_protocols.extend(("h2", "http/1.1"))
+    certificate = common.tls_certificates.add()
+    certificate.certificate_chain.filename = tls.server_certificate
+    certificate.private_key.filename = tls.private_key
+    if tls.mode == "MUTUAL":
+        common.validation_context.trusted_ca.filename = tls.ca_certificates
+        common.validation_context.match_typed_subject_alt_names.extend(
+            _uri_sans(tls.subject_alt_names))
+        context.require_client_certificate.value = True
     return TransportSocket(name=TLS_SOCKET, typed_config=pack(context))

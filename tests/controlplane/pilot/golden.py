@@ -38,6 +38,21 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+def _tls(context: dict[str, Any] | None) -> dict[str, Any] | None:
+    if context is None:
+        return None
+    common = context.get("common_tls_context", {})
+    return {
+        "require_client_certificate": context.get("require_client_certificate", False),
+        "certificates": [c["certificate_chain"]["filename"]
+                         for c in common.get("tls_certificates", [])]
+        + [s["name"] for s in common.get("tls_certificate_sds_secret_configs", [])],
+        "alpn": common.get("alpn_protocols", []),
+        "validation": common.get("validation_context")
+        or common.get("combined_validation_context"),
+    }
+
+
 def _listener(listener: Any) -> dict[str, Any]:
     data = _dict(listener)
     chains = []
@@ -47,8 +62,7 @@ def _listener(listener: Any) -> dict[str, Any]:
         chains.append({
             "name": chain.get("name", ""),
             "match": chain.get("filter_chain_match", {}),
-            "tls": chain.get("transport_socket", {}).get("typed_config", {}).get(
-                "require_client_certificate", None),
+            "tls": _tls(chain.get("transport_socket", {}).get("typed_config")),
             "rds": hcm.get("rds", {}).get("route_config_name"),
             "inline_routes": hcm.get("route_config", {}).get("name"),
             "http_filters": [f["name"] for f in hcm.get("http_filters", [])

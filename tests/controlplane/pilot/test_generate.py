@@ -82,6 +82,17 @@ def test_virtual_service_and_destination_rule_features_golden() -> None:
     assert got == json.loads(path.read_text())
 
 
+def test_gateway_tls_servers_golden() -> None:
+    """Gateway servers: SIMPLE and MUTUAL from files matched by SNI on one port (tls_inspector),
+    an HTTP server with httpsRedirect (require_tls ALL) (features-in/)."""
+    mesh = load_mesh(GOLDEN / "features-in")
+    got = view(generate_all(mesh, Context())["shop-gateway.shop"])
+    path = GOLDEN / "gateway-tls-out.json"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    assert got == json.loads(path.read_text())
+
+
 def test_auto_mtls_to_mesh_workloads_unless_the_rule_sets_tls(demo: Mesh) -> None:
     """With the mesh CA, a cluster to in-mesh workloads is ISTIO_MUTUAL (SNI, SPIFFE SAN) when
     no DestinationRule sets tls; the backend's explicit DISABLE stays plaintext."""

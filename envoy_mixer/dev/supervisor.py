@@ -291,8 +291,10 @@ class Supervisor:
         pending = [c for c in self._select(names) if c.state is not ChildState.READY]
         while pending:
             for child in list(pending):
-                code = child.proc.poll() if child.proc is not None else None
-                if child.proc is None or code is not None:
+                if child.proc is None:
+                    raise ProcessError(f"{child.name} was never started")
+                code = child.proc.poll()
+                if code is not None:
                     raise ProcessError(f"{child.name} exited with {_status(code)}:\n"
                                        f"{child.log_tail()}")
                 if child.spec.ready():

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from envoy_mixer.dev.procs import ManagedProcess
+from envoy_mixer.dev.procs import ManagedProcess, ProcessError
 from envoy_mixer.dev.supervisor import (
     NEVER,
     Backoff,
@@ -196,6 +196,22 @@ def test_a_killed_child_comes_back_and_the_others_keep_running(
 
 
 @pytest.mark.slow
+def test_a_child_that_cannot_come_up_is_a_start_up_error(
+    tmp_path: Path, make_supervisor: Callable[..., Supervisor],
+) -> None:
+    """wait_ready raises with the child's output when it exits or stays unready; no retry."""
+    sup = make_supervisor()
+    say = [sys.executable, "-c", "print('bad config: line 3'); raise SystemExit(2)"]
+    sup.add(ChildSpec("authz", say, tmp_path / "authz.log"))
+    sup.add(ChildSpec("slow", SLEEPER, tmp_path / "slow.log", ready=lambda: False))
+    sup.start()
+    with pytest.raises(ProcessError, match=r"authz exited with 2:\nbad config: line 3"):
+        sup.wait_ready(10, ["authz"])
+    with pytest.raises(ProcessError, match=r"slow not ready after 0.2s"):
+        sup.wait_ready(0.2, ["slow"])
+
+
+@pytest.mark.slow
 @linux
 def test_stop_kills_a_child_that_ignores_sigterm_and_its_group(
     tmp_path: Path, make_supervisor: Callable[..., Supervisor],
@@ -224,7 +240,7 @@ def test_stop_kills_a_child_that_ignores_sigterm_and_its_group(
 
 
 PARENT = """
-import sys, time
+import sys
 from pathlib import Path
 from envoy_mixer.dev.supervisor import ChildSpec, Supervisor
 
@@ -233,8 +249,7 @@ sup = Supervisor(pid_file=run / "pids.json")
 sup.add(ChildSpec("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"],
                   run / "sleeper.log"))
 sup.start()
-while True:
-    time.sleep(1)
+sup.run(should_stop=lambda: False)
 """
 
 

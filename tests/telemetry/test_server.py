@@ -328,3 +328,22 @@ def test_entry_that_fails_is_counted_and_the_batch_goes_on(
         "mixer_telemetry_entries_dropped_total", {"reason": "malformed"}) == 1
     assert registry.get_sample_value(
         "mixer_telemetry_entries_processed_total", {"type": "http"}) == 2
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("MIXER_TELEMETRY_LISTEN", "nowhere", "argument --listen: expected HOST:PORT, got 'nowhere'"),
+    ("MIXER_TELEMETRY_GRACE", "soon", "argument --grace: invalid float value: 'soon'"),
+])
+def test_bad_environment_value_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str,
+    value: str, message: str,
+) -> None:
+    """`mixer telemetry` with an unusable env value: one error on stderr, exit 2, no traceback."""
+    from telemetry.cli import main
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

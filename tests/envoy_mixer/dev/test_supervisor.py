@@ -202,7 +202,7 @@ def test_a_child_that_cannot_come_up_is_a_start_up_error(
     """wait_ready raises with the child's output when it exits or stays unready; no retry."""
     sup = make_supervisor()
     say = [sys.executable, "-c", "print('bad config: line 3'); raise SystemExit(2)"]
-    sup.add(ChildSpec("authz", say, tmp_path / "authz.log"))
+    sup.add(ChildSpec("authz", say, tmp_path / "authz.log", ready=lambda: False))
     sup.add(ChildSpec("slow", SLEEPER, tmp_path / "slow.log", ready=lambda: False))
     sup.start()
     with pytest.raises(ProcessError, match=r"authz exited with 2:\nbad config: line 3"):

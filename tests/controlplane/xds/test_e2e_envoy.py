@@ -154,16 +154,19 @@ def urllib_text(url: str) -> str:
         return str(resp.read().decode())
 
 
-def test_a_proxy_claiming_another_identity_gets_nothing_and_plaintext_is_refused(
-    tmp_path: Path, start_mixer: Start, free_port: Callable[[], int],
+def test_identity_impostor_plaintext_and_sds_rotation(
+    tmp_path: Path, start_envoy: Start, start_mixer: Start, free_port: Callable[[], int],
 ) -> None:
     """An Envoy with the certificate of `third` whose node claims frontend-0 is refused (and
-    counted); it gets no cluster and no secret. A plaintext ADS client is refused too."""
+    counted) and gets no cluster and no secret; a plaintext ADS client is refused; the real
+    backend gets its workload certificate over SDS and a new one before it expires."""
     mesh = demo_mesh(tmp_path / "mesh")
     xds, admin = free_port(), free_port()
     third = issue(tmp_path / "ca", tmp_path / "certs" / "third", "default", "third")
+    backend = issue(tmp_path / "ca", tmp_path / "certs" / "backend", "default", "backend")
     start_mixer(["pilot", "--mesh", str(mesh.path), "--listen", f"127.0.0.1:{xds}",
-                 "--admin", f"127.0.0.1:{admin}", "--ca-dir", str(tmp_path / "ca")], admin)
+                 "--admin", f"127.0.0.1:{admin}", "--ca-dir", str(tmp_path / "ca"),
+                 "--cert-ttl", "6s"], admin)
     envoy_admin = free_port()
     config = tmp_path / "impostor.yaml"
     config.write_text(bootstrap("frontend-0", "frontend", xds, envoy_admin, third))
@@ -173,8 +176,7 @@ def test_a_proxy_claiming_another_identity_gets_nothing_and_plaintext_is_refused
             f"http://127.0.0.1:{admin}/metrics"), what="the mismatch was counted")
         eventually(lambda: procs.http_ok(f"http://127.0.0.1:{envoy_admin}/server_info"))
         dump = urllib_text(f"http://127.0.0.1:{envoy_admin}/config_dump?include_eds")
-        assert "outbound|" not in dump and "BEGIN CERTIFICATE" not in dump.split("xds-grpc")[0]
-        assert "dynamic_active_secrets" not in dump
+        assert "outbound|" not in dump and "dynamic_active_secrets" not in dump
         assert "frontend-0.default" not in _status(admin)
     finally:
         impostor.stop()
@@ -187,3 +189,20 @@ def test_a_proxy_claiming_another_identity_gets_nothing_and_plaintext_is_refused
         next(iter(stub.StreamAggregatedResources(iter([request]), timeout=5)))
     assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
     channel.close()
+
+    # The real backend: its STRICT inbound listener goes live on the SDS secrets, and the
+    # 6 s certificate is replaced at half-life without a restart.
+    backend_admin = free_port()
+    start_envoy(bootstrap("backend-0", "backend", xds, backend_admin, backend), backend_admin,
+                name="backend")
+
+    def serials() -> set[str]:
+        certs = get_json(f"http://127.0.0.1:{backend_admin}/certs")
+        assert isinstance(certs, dict)
+        return {c["serial_number"] for entry in certs["certificates"]
+                for c in entry.get("cert_chain", []) if c.get("subject_alt_names")
+                and "sa/backend" in json.dumps(c["subject_alt_names"])}
+
+    eventually(lambda: bool(serials()), what="the workload certificate arrived over SDS")
+    first = serials()
+    eventually(lambda: bool(serials() - first), timeout=15, what="a rotated certificate")

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,8 @@ DATA_ROOT = Path("/var/lib/envoy-mixer-test-docker")
 LOCK_FILE = Path("/var/lib/envoy-mixer-test-docker.lock")
 #: The pid of the dockerd on DATA_ROOT, so a run killed before its teardown can be cleaned up.
 PID_RECORD = Path("/var/lib/envoy-mixer-test-docker.pid")
+#: Engine work directories (sockets, exec root) are /tmp/emd-*: short, for containerd's sockets.
+WORKDIR_PREFIX = "emd-"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 PROJECT = "envoymixertest"
@@ -189,6 +192,15 @@ def _stop_leftover_dockerd() -> None:
     PID_RECORD.unlink(missing_ok=True)
 
 
+def _remove_stale_workdirs(keep: Path) -> None:
+    """Remove engine work directories that earlier runs left (only one run holds the lock)."""
+    for workdir in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        if workdir != keep and workdir.is_dir():
+            for mount in reversed(_mounts_under(workdir)):
+                run(["umount", "-l", mount], check=False, timeout=30)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _lock_data_root(timeout: float = 600) -> IO[str]:
     """Take the data root's lock, waiting for another run of this test to finish with it."""
     LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
@@ -262,10 +274,10 @@ def docker_engine() -> Iterator[DockerEngine]:
     except (CommandFailed, subprocess.TimeoutExpired) as exc:
         pytest.skip(f"no Docker engine can start: installing docker.io failed: {exc}")
     lock = _lock_data_root()
-    # Short path: containerd's unix sockets live under the exec root (108-byte limit).
-    workdir = Path(tempfile.mkdtemp(prefix="emd-", dir="/tmp"))
+    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=tempfile.gettempdir()))
     try:
         _stop_leftover_dockerd()
+        _remove_stale_workdirs(keep=workdir)
         started = time.monotonic()
         DATA_ROOT.mkdir(parents=True, exist_ok=True)
         engine = _start_dockerd(workdir, DATA_ROOT)
@@ -413,11 +425,20 @@ def envoy_binary() -> tuple[Path, str]:
     return path, dist.version
 
 
+def project_requirements() -> str:
+    """pyproject.toml's dependencies and build requirements, as a requirements file."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    requirements = [*pyproject["project"].get("dependencies", []),
+                    *pyproject.get("build-system", {}).get("requires", [])]
+    return "".join(f"{line}\n" for line in requirements)
+
+
 def ensure_standins(engine: DockerEngine, refs: Sequence[str]) -> None:
     """Build (or reuse) a stand-in for each image the compose file would pull, tag it as it."""
     base_key = ensure_base_image(engine)
     binary, wheel_version = envoy_binary()
-    key = content_hash(STANDINS, base_key, wheel_version, HOST_CA_BUNDLE)
+    requirements = project_requirements()
+    key = content_hash(STANDINS, base_key, wheel_version, HOST_CA_BUNDLE, requirements)
     built: dict[str, str] = {}
     for ref in refs:
         recipe = recipe_for(ref)
@@ -435,6 +456,8 @@ def ensure_standins(engine: DockerEngine, refs: Sequence[str]) -> None:
                 shutil.copy(HOST_CA_BUNDLE, context / "ca-certificates.crt")
                 if recipe == "envoy":
                     shutil.copy(binary, context / "envoy")
+                if recipe == "python":
+                    (context / "requirements.txt").write_text(requirements)
                 # Host network: a RUN step (pip) needs no NAT from the engine's bridge.
                 engine.docker("build", "--network", "host", "-q", "-t", standin, str(context),
                               timeout=600)
@@ -464,6 +487,7 @@ def compose_images(docker_engine: DockerEngine) -> dict[str, Any]:
     builds = compose_builds(compose)
     ensure_standins(docker_engine, pulled_images(compose, builds))
     docker_engine.timings["standins"] = time.monotonic() - started
+    started = time.monotonic()
     for build in builds:
         docker_engine.docker("build", "--network", "host", "-q", "-f", str(build.dockerfile),
                              "-t", build.image, str(build.context), timeout=600)

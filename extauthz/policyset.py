@@ -90,6 +90,11 @@ class PolicySet:
         self.files = tuple(files)
         self._views: dict[Any, WorkloadView] = {}
 
+    @property
+    def cached_views(self) -> int:
+        """How many workload views are built and kept."""
+        return len(self._views)
+
     def policy(self, index: int) -> Policy:
         """The policy at load position ``index``."""
         return self.policies[index]

@@ -129,3 +129,17 @@ def test_stream_yields_documents_before_a_later_syntax_error() -> None:
     with pytest.raises(ConfigError) as whole:
         load_documents("a: 1\n---\nb: [1\n", "s.yaml")
     assert str(info.value) == str(whole.value)
+
+
+def test_paused_gc_nests_and_restores_the_collector() -> None:
+    """The collector is off inside (nested) pauses and back on only after the outermost."""
+    import gc
+
+    from envoy_mixer.common.yamlsrc import paused_gc
+
+    assert gc.isenabled()
+    with paused_gc():
+        with paused_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()

@@ -120,6 +120,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                     self._record(key, reply)
                     responses = reply.responses
                 else:
+                    if not self._still_valid(node_id, identity):
+                        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                            "the workload's identity changed")
+                        return
                     snapshot = self.cache.get(key)
                     responses = protocol.on_snapshot(snapshot) if snapshot else ()
                 for response in responses:
@@ -149,6 +153,20 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             log_event(_log, "xds_identity_rejected", logging.WARNING, reason=exc.reason,
                       error=str(exc), node_id=request.node.id, peer=str(context.peer()))
             return None
+
+    def _still_valid(self, node: NodeId, identity: str) -> bool:
+        """False when a mesh edit gave the workload another identity (or removed it): the
+        stream was proven for the old one and must not receive the new one's secrets."""
+        if self.expected is None:
+            return True
+        want = self.expected(node)
+        if want is not None and want.uri == identity:
+            return True
+        self.metrics.rejected.labels("identity_changed").inc()
+        log_event(_log, "xds_identity_rejected", logging.WARNING, reason="identity_changed",
+                  node_id=node.render(), identity=identity,
+                  expected=want.uri if want else None)
+        return False
 
     def _record(self, key: str, reply: Reply) -> None:
         short = SHORT.get(reply.type_url, reply.type_url)

@@ -361,6 +361,10 @@ _CLAIM_PREFIX = "request.auth.claims["
 _EXPERIMENTAL_PREFIX = "experimental.envoy.filters."
 
 
+#: The ``when`` of every rule without conditions (most of them): one shared object.
+_NO_CONDITIONS = Clause(())
+
+
 class _Compiler:
     """Compiles the rules of one policy (its namespace, path case and the mesh's trust)."""
 
@@ -483,7 +487,7 @@ class _Compiler:
         operations = tuple(self.entry(f"to[{i}].operation", o.conditions)
                            for i, o in enumerate(model.to))
         when = Clause(tuple(check for i, cond in enumerate(model.when)
-                            for check in self.condition(i, cond)))
+                            for check in self.condition(i, cond))) if model.when else _NO_CONDITIONS
         key = index_key(operations, when)
         test, residual = rule_tests(sources, operations, when, key, self.interner)
         return CompiledRule(

@@ -33,7 +33,8 @@ class IndexKey:
     """
 
     dimension: Literal["path", "path_ci", "host", "method", "header"]
-    exact: frozenset[str]
+    #: Distinct values, sorted (a tuple: iterated only, and 5x smaller than a frozenset).
+    exact: tuple[str, ...]
     prefixes: tuple[str, ...] = ()
     suffixes: tuple[str, ...] = ()
 
@@ -57,7 +58,7 @@ def index_key(operations: Sequence[Clause], conditions: Clause) -> IndexKey | No
         # A missing header fails a positive header condition (values never match "absent").
         if not check.negate and check.key.startswith(HEADER_PREFIX) and check.key.endswith("]"):
             name = check.key[len(HEADER_PREFIX):-1].strip().lower()
-            return IndexKey(dimension="header", exact=frozenset([name]))
+            return IndexKey(dimension="header", exact=(name,))
     return None
 
 
@@ -93,7 +94,7 @@ def _operation_key(operations: Sequence[Clause]) -> IndexKey | None:
         if ok:
             dim: Literal["path", "path_ci", "host", "method"]
             dim = "path_ci" if dimension == "path" and ci else dimension
-            return IndexKey(dimension=dim, exact=frozenset(exact), prefixes=tuple(prefixes),
+            return IndexKey(dimension=dim, exact=tuple(sorted(exact)), prefixes=tuple(prefixes),
                             suffixes=tuple(suffixes))
     return None
 

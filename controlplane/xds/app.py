@@ -53,8 +53,8 @@ from envoy_mixer.runtime.admin import build_admin_app
 from envoy_mixer.runtime.reload import Reloader
 from envoy_mixer.runtime.settings import split_hostport
 
-__all__ = ["PILOT_FILE", "Pilot", "PilotSettings", "RunningPilot", "read_pilot_file",
-           "to_snapshot"]
+__all__ = ["PILOT_FILE", "Pilot", "PilotSettings", "RunningPilot", "pilot_argv",
+           "read_pilot_file", "to_snapshot"]
 
 _log = logging.getLogger("controlplane.xds.app")
 #: Where a run directory records the control plane's addresses.
@@ -233,6 +233,21 @@ class RunningPilot:
                 await task
         await self.server.stop(grace)
         await self.runner.cleanup()
+
+
+def pilot_argv(settings: PilotSettings) -> list[str]:
+    """``mixer pilot`` arguments running ``settings`` as a subprocess (for ``mixer up``:
+    ``procs.mixer_process(pilot_argv(s), admin_port, log)``, which waits for ``/healthz``)."""
+    services = settings.services
+    argv = ["pilot", "--mesh", str(settings.mesh), "--listen", settings.listen,
+            "--admin", settings.admin, "--authz", str(services.authz),
+            "--ratelimit", str(services.ratelimit), "--telemetry", str(services.telemetry),
+            "--cert-ttl", f"{int(settings.cert_ttl.total_seconds())}s"]
+    if settings.ca_dir is not None:
+        argv += ["--ca-dir", str(settings.ca_dir)]
+    if settings.run_dir is not None:
+        argv += ["--run-dir", str(settings.run_dir)]
+    return argv
 
 
 def write_pilot_file(run_dir: Path, running: RunningPilot) -> Path:

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controlplane.ca.durations import parse_duration
 from controlplane.envoy.model import Endpoint, MixerServices
@@ -37,8 +37,11 @@ from controlplane.xds.types import KINDS, PUSH_ORDER, SHORT
 from envoy_mixer.common.logs import configure_logging
 from envoy_mixer.runtime.settings import hostport
 
+if TYPE_CHECKING:
+    from controlplane.xds.app import PilotSettings
+
 __all__ = ["HELP", "register_envoy_config", "register_pilot", "register_proxy_config",
-           "register_proxy_status"]
+           "register_proxy_status", "settings_from_args"]
 
 DEFAULT_RUN_DIR = Path(".mixer-run")
 
@@ -50,17 +53,24 @@ def _endpoint(text: str) -> Endpoint:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _run_pilot(args: argparse.Namespace) -> int:
-    from controlplane.ca.errors import CAError
-    from controlplane.xds.app import Pilot, PilotSettings
+def settings_from_args(args: argparse.Namespace) -> PilotSettings:
+    """The ``mixer pilot`` flags as settings."""
+    from controlplane.xds.app import PilotSettings
 
-    configure_logging(args.log_level)
-    settings = PilotSettings(
+    return PilotSettings(
         mesh=args.mesh, listen=args.listen, admin=args.admin, ca_dir=args.ca_dir,
         services=MixerServices(authz=args.authz, ratelimit=args.ratelimit,
                                telemetry=args.telemetry),
         cert_ttl=parse_duration(args.cert_ttl), run_dir=args.run_dir,
     )
+
+
+def _run_pilot(args: argparse.Namespace) -> int:
+    from controlplane.ca.errors import CAError
+    from controlplane.xds.app import Pilot
+
+    configure_logging(args.log_level)
+    settings = settings_from_args(args)
 
     async def main() -> int:
         try:

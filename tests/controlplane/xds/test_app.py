@@ -10,7 +10,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from controlplane.ca.store import init_ca
-from controlplane.xds.app import Pilot, PilotSettings, read_pilot_file
+from controlplane.xds.app import Pilot, PilotSettings, pilot_argv, read_pilot_file
 from controlplane.xds.types import CLUSTER, LISTENER, ROUTE, SECRET
 
 DEMO = Path(__file__).resolve().parents[1] / "mesh" / "testdata" / "demo"
@@ -91,3 +91,19 @@ async def test_start_binds_and_records_the_addresses_in_the_run_dir(tmp_path: Pa
         assert not running.xds.endswith(":0")
     finally:
         await running.stop(0)
+
+
+def test_pilot_argv_round_trips_through_the_cli(tmp_path: Path) -> None:
+    """The subprocess arguments for a PilotSettings parse back into the same settings."""
+    from controlplane.envoy.model import Endpoint, MixerServices
+    from controlplane.xds.cli import settings_from_args
+    from envoy_mixer.cli.main import build_parser
+
+    settings = PilotSettings(
+        mesh=tmp_path / "mesh", listen="127.0.0.1:1", admin="127.0.0.1:2",
+        ca_dir=tmp_path / "ca", run_dir=tmp_path / "run", cert_ttl=timedelta(hours=2),
+        services=MixerServices(authz=Endpoint("127.0.0.1", 3),
+                               ratelimit=Endpoint("127.0.0.1", 4),
+                               telemetry=Endpoint("127.0.0.1", 5)))
+    args = build_parser(only="pilot").parse_args(pilot_argv(settings))
+    assert settings_from_args(args) == settings

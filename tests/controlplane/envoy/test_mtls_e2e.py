@@ -189,7 +189,7 @@ def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshUnderTest]:
-    """Start the services, the apps and six Envoys; stop every one of them afterwards."""
+    """Start the services, the apps and five Envoys; stop every one of them afterwards."""
     tmp = tmp_path_factory.mktemp("mtls")
     now = datetime.now(UTC)
     ca_dir = tmp / "ca"

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from envoy_mixer.dev.up import (
     load_security_policies,
     mesh_ports,
     prepare_certificates,
+    rotate_until_stopped,
     start_mesh,
 )
 
@@ -124,6 +126,19 @@ def test_first_start_creates_the_ca_and_a_certificate_per_proxy(tmp_path: Path) 
     assert (tmp_path / "ca" / "root-cert.pem").read_bytes() == root
     assert (tmp_path / "certs" / "frontend" / "cert-chain.pem").read_bytes() == chain
     assert again.modes() == {"sidecar-frontend": "PERMISSIVE", "sidecar-backend": "PERMISSIVE"}
+
+
+def test_rotation_thread_keeps_certificates_and_stops_when_asked(tmp_path: Path) -> None:
+    """The rotation loop leaves fresh certificates alone and returns once stop is set."""
+    run = MeshRun(mesh=local_mesh(), run_dir=tmp_path, examples=EXAMPLES, port_base=None)
+    keep = prepare_certificates(run, ())
+    chain = (tmp_path / "certs" / "backend" / "cert-chain.pem").read_bytes()
+    thread = threading.Thread(target=rotate_until_stopped, args=(keep, run.stopping))
+    thread.start()
+    run.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert (tmp_path / "certs" / "backend" / "cert-chain.pem").read_bytes() == chain
 
 
 def test_without_a_peer_authentication_file_the_mesh_is_permissive(tmp_path: Path) -> None:

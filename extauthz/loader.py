@@ -234,16 +234,11 @@ class _Validator:
         )
 
 
-_ATTRS = {"principals": "principals", "notPrincipals": "not_principals",
-          "namespaces": "namespaces", "notNamespaces": "not_namespaces",
-          "serviceAccounts": "service_accounts", "notServiceAccounts": "not_service_accounts",
-          "trustDomains": "trust_domains", "notTrustDomains": "not_trust_domains",
-          "requestPrincipals": "request_principals",
-          "notRequestPrincipals": "not_request_principals", "ipBlocks": "ip_blocks",
-          "notIpBlocks": "not_ip_blocks", "remoteIpBlocks": "remote_ip_blocks",
-          "notRemoteIpBlocks": "not_remote_ip_blocks", "hosts": "hosts", "notHosts": "not_hosts",
-          "methods": "methods", "notMethods": "not_methods", "paths": "paths",
-          "notPaths": "not_paths", "ports": "ports", "notPorts": "not_ports"}
+#: Schema attribute name of every source/operation field alias ("notPrincipals" ->
+#: "not_principals"), read from the pydantic models so the tables above stay in Istio's words.
+_ATTRS = {field.alias or name: name
+          for spec in (SourceSpec, OperationSpec)
+          for name, field in spec.model_fields.items()}
 
 
 def _attr(alias: str) -> str:

@@ -30,9 +30,6 @@ DENY_BODY_ANNOTATION = EXT + "deny-body"
 DENY_HEADERS_ANNOTATION = EXT + "deny-headers"
 CASE_INSENSITIVE_PATHS_ANNOTATION = EXT + "case-insensitive-paths"
 
-Action = Literal["ALLOW", "DENY", "AUDIT"]
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
 

@@ -29,16 +29,17 @@ XDS_CLUSTER = "xds-grpc"
 
 
 def xds_bootstrap(workload: Workload, proxy_type: str, *, xds: Endpoint, admin: Endpoint,
-                  cert_dir: Path | None = None, server_san: str | None = None) -> Bootstrap:
+                  cert_dir: Path | None = None, server_san: str | None = None,
+                  delta: bool = False) -> Bootstrap:
     """The bootstrap; ``cert_dir`` holds ``cert-chain.pem``, ``key.pem``, ``root-cert.pem``.
 
     ``server_san``: the control plane's SPIFFE id to require (None: any certificate that
-    chains to the mesh root).
+    chains to the mesh root). ``delta``: incremental xDS (``DELTA_GRPC``) instead of SotW.
     """
     out = Bootstrap(node=build_node(workload, proxy_type))
     out.node.metadata.update({"INTERCEPTION_MODE": "NONE"})
     ads = out.dynamic_resources.ads_config
-    ads.api_type = ApiConfigSource.GRPC
+    ads.api_type = ApiConfigSource.DELTA_GRPC if delta else ApiConfigSource.GRPC
     ads.transport_api_version = ApiVersion.V3
     ads.set_node_on_first_message_only = True
     ads.grpc_services.append(envoy_grpc(XDS_CLUSTER))

@@ -121,7 +121,7 @@ def _envoy_config(args: argparse.Namespace) -> int:
     if cert_dir is not None:
         server_san = _pilot_san(cert_dir)
     text = to_yaml(xds_bootstrap(workload, role, xds=args.xds, admin=args.admin_address,
-                                 cert_dir=cert_dir, server_san=server_san))
+                                 cert_dir=cert_dir, server_san=server_san, delta=args.delta))
     if args.output is not None:
         args.output.write_text(text)
     else:
@@ -266,6 +266,8 @@ def register_envoy_config(subparsers: Any) -> None:
     b.add_argument("--mesh", type=Path, default=None,
                    help="read the workload's labels and role from the mesh directory")
     b.add_argument("--router", action="store_true", help="a gateway (without --mesh)")
+    b.add_argument("--delta", action="store_true",
+                   help="incremental xDS (DELTA_GRPC) instead of state of the world")
     b.add_argument("--admin", dest="admin_address", type=_endpoint,
                    default=Endpoint("127.0.0.1", 15000), metavar="HOST:PORT")
     b.add_argument("-o", "--output", type=Path, default=None)

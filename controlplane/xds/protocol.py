@@ -30,7 +30,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, Discovery
 from controlplane.xds.cache import Snapshot
 from controlplane.xds.types import CLUSTER, ENDPOINT, PUSH_ORDER, SECRET, WILDCARD
 
-__all__ = ["Reply", "StreamProtocol"]
+__all__ = ["Meaning", "Reply", "StreamProtocol"]
 
 Meaning = Literal["initial", "ack", "nack", "stale", "unknown_type"]
 

@@ -1,4 +1,5 @@
-"""The ADS servicer (``StreamAggregatedResources``, SotW): gRPC in, :mod:`.protocol` inside.
+"""The ADS servicer: gRPC in, the state machines inside (:mod:`.protocol` for SotW
+``StreamAggregatedResources``, :mod:`.delta` for ``DeltaAggregatedResources``).
 
 Each stream remembers the node from its first request (Envoy sends it only once with
 ``set_node_on_first_message_only``), checks who the peer is (:mod:`.identity`), subscribes to
@@ -18,11 +19,17 @@ from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from envoy.service.discovery.v3.discovery_pb2 import (
+    DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse,
+    DiscoveryRequest,
+    DiscoveryResponse,
+)
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controlplane.ca.identity import SpiffeId
-from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.cache import Snapshot, SnapshotCache
+from controlplane.xds.delta import DeltaProtocol
 from controlplane.xds.identity import IdentityError, NodeId, authorize, peer_spiffe_ids
 from controlplane.xds.protocol import Reply, StreamProtocol
 from controlplane.xds.status import StatusBoard
@@ -79,7 +86,36 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[DiscoveryRequest], context: Any,
     ) -> AsyncIterator[DiscoveryResponse]:
-        """One Envoy's ADS stream."""
+        """One Envoy's state-of-the-world ADS stream."""
+        protocol = StreamProtocol(allow_secrets=self.expected is not None)
+
+        def on_request(request: Any, snapshot: Snapshot | None) -> tuple[Reply, tuple[Any, ...]]:
+            reply = protocol.on_request(request, snapshot)
+            return reply, reply.responses
+
+        async for response in self._serve(request_iterator, context, on_request,
+                                          protocol.on_snapshot, "version_info"):
+            yield response
+
+    async def DeltaAggregatedResources(
+        self, request_iterator: AsyncIterator[DeltaDiscoveryRequest], context: Any,
+    ) -> AsyncIterator[DeltaDiscoveryResponse]:
+        """One Envoy's incremental ADS stream (``api_type: DELTA_GRPC``)."""
+        protocol = DeltaProtocol(allow_secrets=self.expected is not None)
+
+        def on_request(request: Any, snapshot: Snapshot | None) -> tuple[Reply, tuple[Any, ...]]:
+            out = protocol.on_request(request, snapshot)
+            return out.reply, out.responses
+
+        async for response in self._serve(request_iterator, context, on_request,
+                                          protocol.on_snapshot, "system_version_info"):
+            yield response
+
+    async def _serve(
+        self, request_iterator: AsyncIterator[Any], context: Any,
+        on_request: Callable[[Any, Snapshot | None], tuple[Reply, tuple[Any, ...]]],
+        on_snapshot: Callable[[Snapshot], tuple[Any, ...]], version_field: str,
+    ) -> AsyncIterator[Any]:
         stream_id = next(_streams)
         queue: asyncio.Queue[_Event] = asyncio.Queue()
 
@@ -106,7 +142,6 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 return
             node_id, identity = node
             key = node_id.key
-            protocol = StreamProtocol(allow_secrets=self.expected is not None)
             self.status.connected(key, node_id.render(), identity, stream_id)
             self.metrics.connected.inc()
             log_event(_log, "xds_connected", proxy=key, node_id=node_id.render(),
@@ -115,19 +150,19 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 key, lambda _k: queue.put_nowait(_Event(snapshot_changed=True)))
             event: _Event | None = first
             while event is not None and not event.ended:
+                responses: tuple[Any, ...] = ()
                 if event.request is not None:
-                    reply = protocol.on_request(event.request, self.cache.get(key))
+                    reply, responses = on_request(event.request, self.cache.get(key))
                     self._record(key, reply)
-                    responses = reply.responses
                 else:
                     if not self._still_valid(node_id, identity):
                         await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                             "the workload's identity changed")
                         return
                     snapshot = self.cache.get(key)
-                    responses = protocol.on_snapshot(snapshot) if snapshot else ()
+                    responses = on_snapshot(snapshot) if snapshot else ()
                 for response in responses:
-                    self.status.sent(key, response.type_url, response.version_info,
+                    self.status.sent(key, response.type_url, getattr(response, version_field),
                                      response.nonce)
                     self.metrics.pushes.labels(SHORT[response.type_url]).inc()
                     yield response
@@ -140,7 +175,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 self.status.disconnected(key, stream_id)
                 log_event(_log, "xds_disconnected", proxy=key, stream=stream_id)
 
-    def _identify(self, request: DiscoveryRequest, context: Any) -> tuple[NodeId, str] | None:
+    def _identify(self, request: Any, context: Any) -> tuple[NodeId, str] | None:
         """The node of the first request and the identity it is served as (None: refuse)."""
         try:
             node = NodeId.parse(request.node.id)

@@ -67,13 +67,14 @@ def issue(ca_dir: Path, out: Path, namespace: str, account: str) -> Path:
 
 
 def bootstrap(workload: str, app: str, xds: int, admin: int, cert_dir: Path | None, *,
-              namespace: str = "default", proxy_type: str = "sidecar") -> str:
+              namespace: str = "default", proxy_type: str = "sidecar",
+              delta: bool = False) -> str:
     """The minimal bootstrap of the proxy of WorkloadEntry ``workload``."""
     ident = Workload(name=app, namespace=namespace, pod=workload)
     san = "spiffe://cluster.local/ns/istio-system/sa/istiod" if cert_dir else None
     return to_yaml(xds_bootstrap(ident, proxy_type, xds=Endpoint("127.0.0.1", xds),
                                  admin=Endpoint("127.0.0.1", admin), cert_dir=cert_dir,
-                                 server_san=san))
+                                 server_san=san, delta=delta))
 
 
 def app_process(name: str, port: int, log: Path, *call: str) -> procs.ManagedProcess:

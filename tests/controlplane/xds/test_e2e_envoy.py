@@ -63,8 +63,8 @@ def test_envoys_route_get_pushes_nack_and_survive_a_restart(
     tmp_path: Path, start_envoy: Start, start_mixer: Start, free_port: Callable[[], int],
 ) -> None:
     """ingress -> frontend -> backend through pilot-served Envoys (mTLS, policy, rate limit,
-    telemetry), a VirtualService edit, a NACK kept out of service, and a control-plane
-    restart without dropped traffic."""
+    telemetry; the frontend on delta xDS), a VirtualService edit, a NACK kept out of
+    service, and a control-plane restart without dropped traffic."""
     mesh = demo_mesh(tmp_path / "mesh")
     flags = _services(start_mixer, free_port, mesh.path)
     telemetry_admin = int(flags.pop())
@@ -85,8 +85,10 @@ def test_envoys_route_get_pushes_nack_and_survive_a_restart(
         for app in apps:
             app.wait_ready(15)
         for name in ("backend", "frontend"):
+            # The frontend speaks delta xDS, the others state of the world.
             envoy_admin = free_port()
-            start_envoy(bootstrap(f"{name}-0", name, xds, envoy_admin, certs[name]),
+            start_envoy(bootstrap(f"{name}-0", name, xds, envoy_admin, certs[name],
+                                  delta=name == "frontend"),
                         envoy_admin, name=name)
         envoy_admin = free_port()
         start_envoy(bootstrap("istio-ingressgateway", "istio-ingressgateway", xds, envoy_admin,

@@ -15,7 +15,7 @@ from typing import Any
 from extauthz.compile import Policy
 from extauthz.index import RuleIndex
 from extauthz.jwt import JwtRule
-from extauthz.model import Authentication
+from extauthz.model import Authentication, PolicyModel
 from extauthz.request import Workload
 from extauthz.trustdomain import TrustDomains
 
@@ -89,6 +89,11 @@ class PolicySet:
         self.default_namespace = default_namespace
         self.files = tuple(files)
         self._views: dict[Any, WorkloadView] = {}
+
+    @property
+    def models(self) -> tuple[PolicyModel, ...]:
+        """The neutral model of every policy, in load order (what an RBAC generator reads)."""
+        return tuple(p.model for p in self.policies)
 
     @property
     def cached_views(self) -> int:

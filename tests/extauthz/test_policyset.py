@@ -44,3 +44,11 @@ def test_a_reload_comes_with_the_views_already_asked_for(h: Any) -> None:
     built = fresh.cached_views
     h.verdict(fresh, "/ok", context_extensions={"namespace": "foo", "label.app": "warm-me"})
     assert fresh.cached_views == built >= 1
+
+
+def test_a_set_hands_out_its_policies_models(h: Any) -> None:
+    """The compiled set exposes the neutral model of each policy, in load order."""
+    ps = h.policies(POLICY)
+    (model,) = ps.models
+    assert (model.key, model.action, [r.name for r in model.rules]) == (
+        "foo/p", "ALLOW", ["ns[foo]-policy[p]-rule[0]"])

@@ -101,7 +101,11 @@ class StatusBoard:
         self._update(key, type_url, sent_version=version, sent_nonce=nonce)
 
     def acked(self, key: str, type_url: str, version: str, nonce: str) -> None:
-        """The proxy ACKed the response ``nonce``."""
+        """The proxy ACKed the response ``nonce`` (delta ACKs carry no version: the one sent
+        with that nonce is recorded)."""
+        proxy = self._proxies.get(key)
+        if not version and proxy is not None and proxy.of(type_url).sent_nonce == nonce:
+            version = proxy.of(type_url).sent_version
         self._update(key, type_url, acked_version=version, acked_nonce=nonce)
 
     def nacked(self, key: str, type_url: str, nonce: str, message: str) -> None:

@@ -33,3 +33,13 @@ def test_an_older_stream_ending_does_not_disconnect_the_newer() -> None:
     assert board.get("p").connected  # type: ignore[union-attr]
     board.disconnected("p", 2)
     assert not board.get("p").connected  # type: ignore[union-attr]
+
+
+def test_a_delta_ack_records_the_version_sent_with_its_nonce() -> None:
+    """Delta ACKs carry only the nonce: the acked version is the one sent with it."""
+    board = StatusBoard()
+    board.connected("p", "n", "", 1)
+    board.sent("p", CLUSTER, "v7", "3")
+    board.acked("p", CLUSTER, "", "3")
+    cds = board.get("p").of(CLUSTER)  # type: ignore[union-attr]
+    assert (cds.state, cds.acked_version) == ("SYNCED", "v7")

@@ -112,7 +112,6 @@ class CompiledRule:
         }
 
 
-
 @dataclass(frozen=True, slots=True, eq=False)
 class Policy:
     """A compiled AuthorizationPolicy: its model, its load position and its compiled rules."""

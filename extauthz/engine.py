@@ -45,7 +45,7 @@ class RuleRef:
     @classmethod
     def of(cls, policy: Policy, rule: CompiledRule) -> RuleRef:
         """Reference to ``rule`` of ``policy``."""
-        return cls(policy=policy.key, rule_id=policy.rule_id(rule.index), action=policy.action)
+        return cls(policy=policy.key, rule_id=rule.name, action=policy.action)
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +361,7 @@ def explain(
         rules = []
         for rule in policy.rules:
             why = rule.explain(attrs)
-            rules.append(RuleReport(policy.rule_id(rule.index), why is None, why))
+            rules.append(RuleReport(rule.name, why is None, why))
         matched = [r.rule_id for r in rules if r.matched]
         summary = f"matched {matched[0]}" if matched else "no rule matched"
         reports.append(PolicyReport(policy.key, policy.action, policy.dry_run, True, summary,

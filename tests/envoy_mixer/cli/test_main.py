@@ -61,6 +61,7 @@ def test_chosen_command_is_the_first_word(argv: list[str], command: str) -> None
     assert chosen_command(argv) == command
 
 
+@pytest.mark.slow
 def test_help_imports_no_provider_nor_heavy_library() -> None:
     """`mixer --help` (importing the CLI and registering) loads no service or heavy library."""
     script = textwrap.dedent(f"""
@@ -79,6 +80,7 @@ def test_help_imports_no_provider_nor_heavy_library() -> None:
     assert out.stdout.strip() == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["ratelimit", "telemetry", "check"])
 def test_service_providers_register_without_heavy_imports(command: str) -> None:
     """`mixer ratelimit|telemetry|check --help` loads no gRPC, YAML or Prometheus library."""

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from envoy_mixer.runtime.serve import EXIT_USAGE, usage_error
 
 _BAD_BUILD = textwrap.dedent(
@@ -30,6 +32,7 @@ def test_usage_error_prints_prog_and_message_and_returns_2() -> None:
     assert out.getvalue() == "mixer demo: bad flag\n"
 
 
+@pytest.mark.slow
 def test_setting_error_from_build_is_one_line_and_exit_2() -> None:
     """A SettingError raised while the service is built ends the process: one line, exit 2."""
     out = subprocess.run([sys.executable, "-c", _BAD_BUILD], capture_output=True, text=True,

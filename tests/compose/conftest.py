@@ -169,7 +169,8 @@ class DockerEngine:
 
 
 def _stop_pid(pid: int, grace: float = 30) -> None:
-    """SIGTERM then SIGKILL one process by its id."""
+    """SIGTERM then SIGKILL one process by its id (not our child: a child would linger as a
+    zombie that signal 0 still finds)."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -245,8 +246,11 @@ def _start_dockerd(workdir: Path, data_root: Path, timeout: float = 60) -> Docke
 def stop_engine(engine: DockerEngine) -> None:
     """Stop the dockerd (it stops its containerd), forget its pid, drop its mounts."""
     started = time.monotonic()
-    if engine.process.poll() is None:
-        _stop_pid(engine.process.pid)
+    engine.process.terminate()
+    try:
+        engine.process.wait(30)
+    except subprocess.TimeoutExpired:
+        engine.process.kill()
         engine.process.wait(10)
     if engine.data_root == DATA_ROOT:
         PID_RECORD.unlink(missing_ok=True)
@@ -273,12 +277,13 @@ def docker_engine() -> Iterator[DockerEngine]:
         apt_install({DOCKERD: "docker.io", DOCKER: "docker.io"})
     except (CommandFailed, subprocess.TimeoutExpired) as exc:
         pytest.skip(f"no Docker engine can start: installing docker.io failed: {exc}")
+    started = time.monotonic()
     lock = _lock_data_root()
+    waited = time.monotonic() - started
     workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=tempfile.gettempdir()))
     try:
         _stop_leftover_dockerd()
         _remove_stale_workdirs(keep=workdir)
-        started = time.monotonic()
         DATA_ROOT.mkdir(parents=True, exist_ok=True)
         engine = _start_dockerd(workdir, DATA_ROOT)
         if isinstance(engine, str):
@@ -287,7 +292,8 @@ def docker_engine() -> Iterator[DockerEngine]:
             engine = _start_dockerd(workdir, workdir / "data")
         if isinstance(engine, str):
             pytest.skip(f"no Docker engine can start: {engine}")
-        engine.timings["engine"] = time.monotonic() - started
+        engine.timings["lock"] = waited
+        engine.timings["engine"] = time.monotonic() - started - waited
         try:
             yield engine
         finally:

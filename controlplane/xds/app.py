@@ -43,7 +43,7 @@ from controlplane.pilot import Context, generate_all
 from controlplane.pilot.generate import ProxyResources
 from controlplane.xds.cache import Snapshot, SnapshotCache
 from controlplane.xds.debug import debug_routes
-from controlplane.xds.identity import NodeId, server_credentials
+from controlplane.xds.identity import NodeId, ServingCertificate, server_credentials
 from controlplane.xds.server import AdsServer, XdsMetrics, register
 from controlplane.xds.status import StatusBoard
 from controlplane.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
@@ -174,8 +174,8 @@ class Pilot:
         register(server, servicer)
         host, port = split_hostport(self.settings.listen)
         if self.ca is not None:
-            bound = server.add_secure_port(f"{host}:{port}",
-                                           server_credentials(self.ca, now=self.clock()))
+            serving = ServingCertificate(self.ca, clock=self.clock)
+            bound = server.add_secure_port(f"{host}:{port}", server_credentials(serving))
         else:
             bound = server.add_insecure_port(f"{host}:{port}")
         await server.start()

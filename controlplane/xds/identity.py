@@ -18,14 +18,16 @@ from datetime import datetime, timedelta
 import grpc
 from cryptography import x509
 
-from controlplane.ca.authority import CertificateAuthority
+from controlplane.ca.authority import CertificateAuthority, IssuedCertificate
 from controlplane.ca.errors import InvalidIdentity
 from controlplane.ca.identity import SpiffeId
+from controlplane.ca.rotate import rotation_time
 
 __all__ = [
     "PILOT_IDENTITY",
     "IdentityError",
     "NodeId",
+    "ServingCertificate",
     "authorize",
     "peer_spiffe_ids",
     "server_credentials",
@@ -114,16 +116,42 @@ def authorize(node: NodeId, peers: Sequence[SpiffeId],
     return want
 
 
-def server_credentials(ca: CertificateAuthority, *, now: datetime,
-                       ttl: timedelta = timedelta(days=30)) -> grpc.ServerCredentials:
+class ServingCertificate:
+    """The control plane's own certificate, reissued at half-life (checked per handshake)."""
+
+    def __init__(self, ca: CertificateAuthority, *, clock: Callable[[], datetime],
+                 ttl: timedelta = timedelta(days=30)) -> None:
+        self._ca = ca
+        self._clock = clock
+        self._ttl = ttl
+        self.issued = self._issue()
+
+    def _issue(self) -> IssuedCertificate:
+        namespace, account = PILOT_IDENTITY
+        return self._ca.issue(SpiffeId(self._ca.trust_domain, namespace, account),
+                              now=self._clock(), ttl=self._ttl)
+
+    def configuration(self) -> grpc.ServerCertificateConfiguration:
+        """The gRPC certificate configuration of the current certificate."""
+        return grpc.ssl_server_certificate_configuration(
+            [(self.issued.key_pem(), self.issued.chain_pem)],
+            root_certificates=self.issued.root_pem)
+
+    def refresh(self) -> grpc.ServerCertificateConfiguration | None:
+        """A new configuration once the certificate is due, else None (keep the current)."""
+        cert = self.issued.certificate
+        if self._clock() < rotation_time(cert.not_valid_before_utc, cert.not_valid_after_utc):
+            return None
+        self.issued = self._issue()
+        return self.configuration()
+
+
+def server_credentials(serving: ServingCertificate) -> grpc.ServerCredentials:
     """TLS for the xDS port: our own certificate, and a client certificate required.
 
     Clients must chain to the mesh root; a plaintext or unauthenticated client fails the
-    handshake and never reaches the servicer.
+    handshake and never reaches the servicer. gRPC asks ``serving.refresh`` before every
+    handshake, so the certificate is replaced before it expires without a restart.
     """
-    namespace, account = PILOT_IDENTITY
-    issued = ca.issue(SpiffeId(ca.trust_domain, namespace, account), now=now, ttl=ttl)
-    return grpc.ssl_server_credentials(
-        [(issued.key_pem(), issued.chain_pem)], root_certificates=issued.root_pem,
-        require_client_auth=True,
-    )
+    return grpc.dynamic_ssl_server_credentials(
+        serving.configuration(), serving.refresh, require_client_authentication=True)

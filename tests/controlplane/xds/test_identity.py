@@ -159,3 +159,21 @@ async def test_a_changed_identity_ends_the_stream() -> None:
         await stream.__anext__()
     assert registry.get_sample_value("mixer_pilot_identity_rejected_total",
                                      {"reason": "identity_changed"}) == 1
+
+
+def test_the_serving_certificate_is_reissued_at_half_life() -> None:
+    """The control plane's own certificate (istiod's identity) is kept until half of its
+    lifetime is gone, then replaced for the next handshake."""
+    from datetime import timedelta
+
+    from controlplane.xds.identity import ServingCertificate
+
+    now = [NOW]
+    serving = ServingCertificate(CA, clock=lambda: now[0], ttl=timedelta(hours=2))
+    first = serving.issued.certificate.serial_number
+    assert serving.refresh() is None
+    now[0] += timedelta(minutes=61)
+    assert serving.refresh() is not None
+    assert serving.issued.certificate.serial_number != first
+    assert peer_spiffe_ids({"x509_pem_cert": [serving.issued.chain_pem]}) == (
+        SpiffeId("cluster.local", "istio-system", "istiod"),)

@@ -98,7 +98,7 @@ def test_envoy_config_xds_renders_the_minimal_bootstrap(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Node id and metadata from the mesh, INTERCEPTION_MODE NONE, ADS over xds-grpc with the
-    bootstrap certificate files, LDS/CDS from ADS, the admin address."""
+    bootstrap certificate over file SDS (rotatable), LDS/CDS from ADS, the admin address."""
     certs = tmp_path / "certs"
     assert main(["ca", "init", "--dir", str(tmp_path / "ca")]) == 0
     assert main(["ca", "issue", "--dir", str(tmp_path / "ca"), "--namespace", "default",
@@ -118,9 +118,14 @@ def test_envoy_config_xds_renders_the_minimal_bootstrap(
     [xds] = config["static_resources"]["clusters"]
     assert xds["name"] == "xds-grpc"
     tls = xds["transport_socket"]["typed_config"]["common_tls_context"]
-    assert tls["tls_certificates"][0]["private_key"]["filename"] == str(certs / "key.pem")
-    assert tls["validation_context"]["match_typed_subject_alt_names"][0]["matcher"] == {
-        "exact": "spiffe://cluster.local/ns/istio-system/sa/istiod"}
+    [cert] = tls["tls_certificate_sds_secret_configs"]
+    assert cert["name"] == "default"
+    assert cert["sds_config"]["path_config_source"] == {
+        "path": f"{certs}/default.json", "watched_directory": {"path": str(certs)}}
+    validation = tls["combined_validation_context"]
+    assert validation["validation_context_sds_secret_config"]["name"] == "ROOTCA"
+    assert validation["default_validation_context"]["match_typed_subject_alt_names"][0][
+        "matcher"] == {"exact": "spiffe://cluster.local/ns/istio-system/sa/istiod"}
     assert config["admin"]["address"]["socket_address"]["port_value"] == 15000
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -148,6 +149,24 @@ def test_envoys_route_get_pushes_nack_and_survive_a_restart(
             app.stop()
 
 
+def _secret_identities(dump: str) -> set[str]:
+    """The SPIFFE ids of every certificate among the secrets of an Envoy config dump."""
+    from cryptography import x509
+
+    out: set[str] = set()
+    for config in json.loads(dump)["configs"]:
+        for entry in config.get("dynamic_active_secrets", []):
+            chain = entry["secret"].get("tls_certificate", {}).get("certificate_chain", {})
+            # Envoy shows inline_bytes (what the control plane sends) as base64.
+            pem = (chain["inline_string"].encode() if "inline_string" in chain
+                   else base64.b64decode(chain.get("inline_bytes", "")))
+            if pem:
+                cert = x509.load_pem_x509_certificate(pem)
+                sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                out.update(sans.value.get_values_for_type(x509.UniformResourceIdentifier))
+    return out
+
+
 def urllib_text(url: str) -> str:
     """GET ``url`` as text."""
     import urllib.request
@@ -178,7 +197,9 @@ def test_identity_impostor_plaintext_and_sds_rotation(
             f"http://127.0.0.1:{admin}/metrics"), what="the mismatch was counted")
         eventually(lambda: procs.http_ok(f"http://127.0.0.1:{envoy_admin}/server_info"))
         dump = urllib_text(f"http://127.0.0.1:{envoy_admin}/config_dump?include_eds")
-        assert "outbound|" not in dump and "dynamic_active_secrets" not in dump
+        assert "outbound|" not in dump and "inbound|" not in dump
+        # Its only secrets are its own bootstrap files (file SDS): never frontend's.
+        assert _secret_identities(dump) <= {"spiffe://cluster.local/ns/default/sa/third"}
         assert "frontend-0.default" not in _status(admin)
     finally:
         impostor.stop()

@@ -88,6 +88,7 @@ def generate(mesh: Mesh, proxy: Proxy, context: Context) -> ProxyResources:
         for ingress in proxy.sidecar.ingress:
             if ingress.default_endpoint.startswith("unix://"):
                 continue  # a unix-socket app needs a pipe address; not generated yet
+            # An app listening on 0.0.0.0 is dialled on loopback, as Istio's sidecar does.
             app = HostPort.parse(ingress.default_endpoint.replace("0.0.0.0", "127.0.0.1"))
             to_app = inbound_cluster(proxy.identity, ingress.port.number, app)
             inbound.append(to_app)

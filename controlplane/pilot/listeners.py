@@ -42,6 +42,7 @@ from controlplane.envoy.model import MixerServices
 from controlplane.envoy.ratelimit_actions import Actions
 from controlplane.envoy.roles import UNKNOWN_UPSTREAM_BODY
 from controlplane.envoy.routes import (
+    forward_route,
     health_route,
     not_found_route,
     peer_headers,
@@ -198,20 +199,13 @@ def ingress_listener(mesh: Mesh, proxy: Proxy, wiring: Wiring, built: Built, *,
     """A Sidecar ingress entry's listener (the cluster ``app_cluster`` is built by the caller)."""
     ident = proxy.identity
     name = f"{bind}_{port.number}"
+    # The inbound route goes to the app as is: no Host rewrite, no retries.
     vhost = virtual_host(
         "inbound", ["*"],
-        [health_route(), *http_routes(
-            (HttpRoute(route=()),), lambda _d: app_cluster, port=port.number,
-            default_timeout=wiring.route_timeout)],
+        [health_route(), forward_route("inbound", app_cluster, f"{wiring.route_timeout}s")],
         authz=authz_per_route(ident), rate_limits=wiring.rate_limits,
         response_headers=peer_headers(ident, "sidecar"),
     )
-    # The inbound route goes to the app as is: no Host rewrite, no retries by default.
-    forward = vhost.routes[1]
-    forward.name = "inbound"
-    forward.route.cluster = app_cluster
-    forward.route.ClearField("host_rewrite_literal")
-    forward.route.ClearField("retry_policy")
     hcm = http_connection_manager(
         stat_prefix=name, route_config=route_configuration(name, [vhost]),
         http_filters=http_filters(wiring.services, wiring.domain),

@@ -62,8 +62,10 @@ class XdsMetrics:
                                registry=registry)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _Event:
+    """One thing a stream reacts to: a request, a snapshot change, or the end of input."""
+
     request: DiscoveryRequest | None = None
     snapshot_changed: bool = False
     ended: bool = False

@@ -16,6 +16,7 @@ per thread), so sockets it opens are that host's; ``Hosts.process`` starts a chi
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import subprocess
@@ -32,6 +33,7 @@ T = TypeVar("T")
 #: ``CLONE_NEWNET`` of <sched.h>: setns joins a network namespace.
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 
 #: Each host's address on its link(s); mesh/workloads.yaml and mesh/sidecars.yaml name them.
 CP_TO_H1, H1 = "10.253.11.1", "10.253.11.2"
@@ -116,7 +118,10 @@ class Hosts:
             # is reachable), and only cp forwards.
             _ip("-n", h1, "route", "add", SUBNET, "via", CP_TO_H1)
             _ip("-n", h2, "route", "add", SUBNET, "via", CP_TO_H2)
-            hosts.run("cp", lambda: _write("/proc/sys/net/ipv4/ip_forward", "1"))
+            # Set on every host: a new namespace may inherit the init namespace's value
+            # (net.core.devconf_inherit_init_net), and the workload hosts must not route.
+            for host, forward in (("cp", "1"), ("h1", "0"), ("h2", "0")):
+                hosts.run(host, functools.partial(_write, IP_FORWARD, forward))
         except BaseException:
             for name in made:
                 _delete(name)

@@ -1,24 +1,25 @@
 """``mixer up``: a whole local mesh from one command, no Docker, no Redis.
 
-It starts the three services (policy from ``examples/policy.yaml``, limits from
-``examples/ratelimit.yaml`` with in-memory counters unless ``--redis-url``, telemetry from
-``examples/telemetry.yaml``; outside a source checkout, from an editable copy of the packaged
-examples, see ``find_examples``), two demo workloads (``frontend`` calling ``backend``) each
-behind its own sidecar Envoy, and an ingress gateway Envoy. Envoy configs are rendered by the same
-generator as ``mixer envoy-config`` into a run directory (``.mixer-run/``), with the rate-limit
-actions derived from the example limits.
+By default it runs the demo mesh through the control plane (:mod:`envoy_mixer.dev.meshup`):
+``examples/mesh`` (Istio's files for ingress gateway -> frontend -> backend and an egress
+gateway, with the policy, limits and telemetry files beside them) is served by ``mixer pilot``,
+the three services read the same files, one Envoy per WorkloadEntry starts from a minimal
+bootstrap, and the two demo apps run behind their sidecars. ``--mesh DIR`` runs a user's mesh
+the same way, without the demo apps. Every edit of the mesh (routes, policies, limits, mTLS)
+applies live with no Envoy restart. Outside a source checkout the examples are an editable copy
+of the packaged ones, see ``find_examples``.
 
-Every hop inside the mesh is mTLS, with the mode ``examples/peer-authentication.yaml``
-(Istio's PeerAuthentication, mesh-wide STRICT) gives each sidecar: on first start a mesh CA is
-created in ``<run dir>/ca`` and a certificate issued for each proxy into
-``<run dir>/certs/<frontend|backend|ingress|egress>/``; a background thread reissues each one
-before it expires (the atomic swap Envoy's file SDS watches), so the demo outlives the 24 h TTL.
+``--static`` keeps the older path: Envoy configs rendered by the same generator as ``mixer
+envoy-config`` into the run directory (``.mixer-run/``), policy from ``examples/policy.yaml``,
+limits from ``examples/ratelimit.yaml``, telemetry from ``examples/telemetry.yaml``, mTLS
+modes from ``examples/peer-authentication.yaml``; a mesh CA in ``<run dir>/ca`` and one
+certificate per proxy in ``<run dir>/certs/<frontend|backend|ingress|egress>/``, reissued by a
+background thread before they expire. There, when ``ratelimit.yaml`` needs different Envoy
+actions, or ``peer-authentication.yaml`` different mTLS modes, the affected Envoys restart.
 
 Then it prints what runs where and three curl commands (allowed, denied by policy, rate
 limited). ``--check`` runs those three requests, asserts 200/403/429 and exits 0 or 1.
-Ctrl-C (or SIGTERM) stops every process it started. The example files hot-reload in the
-services; when ``ratelimit.yaml`` needs different Envoy actions, or ``peer-authentication.yaml``
-different mTLS modes, the affected Envoys restart.
+Ctrl-C (or SIGTERM) stops every process it started.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ EXAMPLE_FILES = {"authz": "policy.yaml", "ratelimit": "ratelimit.yaml",
 SERVICE_FILES = {kind: EXAMPLE_FILES[kind] for kind in ("authz", "ratelimit", "telemetry")}
 #: The proxies `mixer up` runs (the egress gateway is only shipped and in compose).
 UP_ROLES = ("ingress-gateway", "sidecar-frontend", "sidecar-backend")
+#: The demo mesh directory inside an examples directory (``examples/mesh``).
+MESH_DIR = "mesh"
 
 #: The three demo requests: (label, path, expected status).
 ALLOWED_PATH = "/api/hello"
@@ -98,9 +101,11 @@ def install_examples(target: Path) -> list[str]:
     """
     packaged = resources.files("envoy_mixer.dev") / "examples"
     copied: list[str] = []
+    names = [*EXAMPLE_FILES.values(), *(f"{MESH_DIR}/{p.name}" for p in sorted(
+        (packaged / MESH_DIR).iterdir(), key=lambda p: p.name) if p.name.endswith(".yaml"))]
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        for name in EXAMPLE_FILES.values():
+        (target / MESH_DIR).mkdir(parents=True, exist_ok=True)
+        for name in names:
             data = (packaged / name).read_bytes()
             try:
                 # "x": create only, so a file appearing meanwhile is not clobbered either.
@@ -387,7 +392,11 @@ def start_mesh(
 
 def curl_commands(run: MeshRun) -> list[tuple[str, str]]:
     """The three ready-to-paste commands: (what it shows, command)."""
-    url = run.ingress_url
+    return curls_at(run.ingress_url)
+
+
+def curls_at(url: str) -> list[tuple[str, str]]:
+    """The three demo commands against the ingress gateway at ``url``."""
     return [
         ("allowed (200): ingress -> frontend -> backend",
          f"curl -i {url}{ALLOWED_PATH}"),
@@ -461,7 +470,11 @@ def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 5
 
 def run_checks(run: MeshRun, out: TextIO, attempts: int = 10) -> bool:
     """The three demo requests with their expected outcomes; True when all pass."""
-    url = run.ingress_url
+    return check_at(run.ingress_url, out, attempts)
+
+
+def check_at(url: str, out: TextIO, attempts: int = 10) -> bool:
+    """The three demo requests against the ingress gateway at ``url``; True when all pass."""
     ok = True
 
     def report(name: str, passed: bool, detail: str) -> None:
@@ -601,10 +614,17 @@ def register(subparsers: Any) -> None:
         description="Start a local mesh: ingress gateway, frontend and backend behind "
                     "sidecars, and the authz, ratelimit and telemetry services.",
     )
+    p.add_argument("--mesh", type=Path, default=None, metavar="DIR",
+                   help="run your own mesh (Istio's files, policies, limits, telemetry): the "
+                        "control plane, the services and one Envoy per WorkloadEntry; your "
+                        "apps are not started")
     p.add_argument("--examples", type=Path, default=None, metavar="DIR",
-                   help="policy.yaml, ratelimit.yaml, telemetry.yaml (default: ./examples, "
-                        "else an editable copy of the packaged examples in "
-                        "~/.config/envoy-mixer/examples)")
+                   help="the demo's examples: mesh/ (and policy.yaml, ratelimit.yaml, "
+                        "telemetry.yaml for --static) (default: ./examples, else an editable "
+                        "copy of the packaged examples in ~/.config/envoy-mixer/examples)")
+    p.add_argument("--static", action="store_true",
+                   help="the older path: rendered static Envoy configs, no control plane "
+                        "(a limits or mTLS change restarts the affected Envoys)")
     p.add_argument("--port-base", type=int, default=None, metavar="N",
                    help="move every port to N+offset (default: ingress 8080, services on "
                         "their usual ports)")
@@ -612,17 +632,75 @@ def register(subparsers: Any) -> None:
                    help="count rate limits in Redis instead of memory")
     p.add_argument("--run-dir", type=Path, default=Path(".mixer-run"), metavar="DIR",
                    help="where rendered Envoy configs and logs go (default .mixer-run)")
-    p.add_argument("--timeout", type=float, default=15.0,
-                   help="seconds to wait for the mesh to become healthy (default 15)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the mesh to become healthy (default 30)")
     p.add_argument("--check", action="store_true",
                    help="bring the mesh up, run the three demo requests, assert, exit")
     p.add_argument("--mtls", choices=["STRICT", "PERMISSIVE", "DISABLE"], default=None,
-                   help="one mTLS mode for every sidecar, over peer-authentication.yaml")
+                   help="with --static: one mTLS mode for every sidecar, over "
+                        "peer-authentication.yaml")
     p.set_defaults(func=run_up)
 
 
 def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Handler of ``mixer up``."""
+    if args.static:
+        if args.mesh is not None:
+            print("error: --mesh runs on the control plane; it cannot be --static",
+                  file=sys.stderr)
+            return 2
+        return run_static(args, out)
+    if args.mtls is not None:
+        print("error: --mtls is for --static; edit the mesh's PeerAuthentication instead",
+              file=sys.stderr)
+        return 2
+    return run_xds(args, out)
+
+
+def run_xds(args: argparse.Namespace, out: TextIO) -> int:
+    """``mixer up`` on the control plane: the demo mesh, or ``--mesh DIR``."""
+    from envoy_mixer.dev import meshup
+
+    started = time.monotonic()
+    with _terminate_on_sigterm():
+        try:
+            if args.mesh is not None:
+                mesh_dir, demo = args.mesh, False
+                if not mesh_dir.is_dir():
+                    raise UpError(f"no mesh directory {mesh_dir}")
+            else:
+                mesh_dir, demo = find_examples(args.examples, out=out) / MESH_DIR, True
+                if not mesh_dir.is_dir():
+                    raise UpError(f"no demo mesh in {mesh_dir}; pass --examples DIR or "
+                                  "--mesh DIR")
+            run = meshup.start(mesh_dir=mesh_dir, run_dir=args.run_dir.resolve(), demo=demo,
+                               port_base=args.port_base, redis_url=args.redis_url,
+                               timeout=args.timeout, on_event=meshup.print_event(out))
+        except (UpError, meshup.UpError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        try:
+            curls = curls_at(run.ingress_url) if demo else []
+            print(meshup.describe(run, curls), file=out)
+            print(f"\n(healthy after {time.monotonic() - started:.1f}s)", file=out, flush=True)
+            if args.check:
+                if not demo:
+                    print(f"PASS ready: {len(run.proxies)} Envoys served by the control plane",
+                          file=out)
+                    return 0
+                return 0 if check_at(run.ingress_url, out) else 1
+            return meshup.watch(run, out)
+        except KeyboardInterrupt:
+            print("\nstopping...", file=out)
+            return 0
+        finally:
+            run.stop()
+
+
+def run_static(args: argparse.Namespace, out: TextIO) -> int:
+    """``mixer up --static``: rendered Envoy configs, no control plane."""
     started = time.monotonic()
     with _terminate_on_sigterm():
         try:

@@ -19,6 +19,11 @@ def test_demo_mesh_analyzes_clean() -> None:
     assert analyze(load_mesh(TESTDATA / "demo")) == []
 
 
+def test_shipped_mesh_analyzes_clean() -> None:
+    """examples/mesh, what `mixer up` serves and users copy, has no findings either."""
+    assert analyze(load_mesh(Path(__file__).resolve().parents[3] / "examples" / "mesh")) == []
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.stem)
 def test_analyzer_case(case: Path) -> None:
     """Each case file yields exactly the findings in its `# expect:` lines, in order."""

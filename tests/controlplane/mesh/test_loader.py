@@ -205,6 +205,35 @@ def test_missing_directory(tmp_path: Path) -> None:
         load_mesh(tmp_path / "nope")
 
 
+SHIPPED = Path(__file__).resolve().parents[3] / "examples" / "mesh"
+
+
+def _uncommented(text: str) -> list[str]:
+    return [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DEMO.glob("*.yaml")))
+def test_demo_testdata_is_the_shipped_mesh(name: str) -> None:
+    """testdata/demo is the shipped examples/mesh (mixer up's), minus its mTLS: the shipped
+    DestinationRule is ISTIO_MUTUAL where the testdata's is DISABLE (the golden files and the
+    plaintext tests pin that), and only the shipped mesh has peer-authentication.yaml."""
+    ours, shipped = (DEMO / name).read_text(), (SHIPPED / name).read_text()
+    if name == "destinationrules.yaml":
+        assert _uncommented(ours.replace("tls: {mode: DISABLE}", "tls: {mode: ISTIO_MUTUAL}")) \
+            == _uncommented(shipped)
+    else:
+        assert ours == shipped, f"examples/mesh/{name} and testdata/demo/{name} differ"
+    assert sorted(p.name for p in SHIPPED.glob("*.yaml")) == sorted(
+        [*(p.name for p in DEMO.glob("*.yaml")), "peer-authentication.yaml"])
+
+
+def test_the_shipped_mesh_loads_strict() -> None:
+    """examples/mesh loads; its PeerAuthentication is mesh-wide STRICT."""
+    mesh = load_mesh(SHIPPED)
+    assert [(p.namespace, p.mode) for p in mesh.peer_authentications] == [
+        ("istio-system", "STRICT")]
+
+
 @pytest.mark.parametrize("name", ["policy.yaml", "ratelimit.yaml", "telemetry.yaml"])
 def test_demo_rules_are_the_shipped_examples(name: str) -> None:
     """The demo's policy, rate-limit and telemetry files are mixer up's examples."""

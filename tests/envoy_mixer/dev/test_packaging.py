@@ -17,16 +17,29 @@ def test_top_level_examples_are_the_packaged_ones() -> None:
     packaged = resources.files("envoy_mixer.dev") / "examples"
     names = sorted(p.name for p in packaged.iterdir() if p.name.endswith(".yaml"))
     assert names == sorted(EXAMPLE_FILES.values())
-    assert sorted(p.name for p in (REPO / "examples").iterdir()) == names
+    assert sorted(p.name for p in (REPO / "examples").iterdir() if p.is_file()) == names
     for name in names:
         assert (REPO / "examples" / name).read_bytes() == (packaged / name).read_bytes(), (
             f"examples/{name} differs from envoy_mixer/dev/examples/{name}: change both")
 
 
+def test_the_demo_mesh_is_packaged_too() -> None:
+    """examples/mesh/ (the demo mesh `mixer up` serves) is byte for byte the packaged one."""
+    packaged = resources.files("envoy_mixer.dev") / "examples" / "mesh"
+    names = sorted(p.name for p in packaged.iterdir() if p.name.endswith(".yaml"))
+    assert "workloads.yaml" in names and "peer-authentication.yaml" in names
+    assert sorted(p.name for p in (REPO / "examples" / "mesh").iterdir()) == names
+    for name in names:
+        assert (REPO / "examples" / "mesh" / name).read_bytes() == (
+            packaged / name).read_bytes(), (
+            f"examples/mesh/{name} differs from envoy_mixer/dev/examples/mesh/{name}: change both")
+
+
 def test_packaged_examples_are_declared_package_data() -> None:
-    """pyproject ships envoy_mixer/dev/examples/*.yaml in the wheel."""
+    """pyproject ships envoy_mixer/dev/examples/*.yaml and examples/mesh/*.yaml in the wheel."""
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert "examples/*.yaml" in config["tool"]["setuptools"]["package-data"]["envoy_mixer.dev"]
+    data = config["tool"]["setuptools"]["package-data"]["envoy_mixer.dev"]
+    assert "examples/*.yaml" in data and "examples/mesh/*.yaml" in data
 
 
 def test_package_version_matches_pyproject() -> None:

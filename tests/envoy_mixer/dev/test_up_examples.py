@@ -34,15 +34,18 @@ def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_without_a_checkout_the_packaged_examples_are_copied_and_announced(
     config_home: Path,
 ) -> None:
-    """Outside a checkout, up copies the packaged examples to the user config dir and says so."""
+    """Outside a checkout, up copies the packaged examples (the demo mesh too) to the user config
+    dir and says so."""
     out = io.StringIO()
     found = find_examples(None, out=out)
     assert found == config_home / "envoy-mixer" / "examples"
-    for name in EXAMPLE_FILES.values():
+    mesh = sorted(f"mesh/{p.name}" for p in (PACKAGED / "mesh").iterdir()
+                  if p.name.endswith(".yaml"))
+    for name in [*EXAMPLE_FILES.values(), *mesh]:
         assert (found / name).read_bytes() == (PACKAGED / name).read_bytes()
     assert out.getvalue() == (
         "copied the example files (policy.yaml, ratelimit.yaml, telemetry.yaml, "
-        "peer-authentication.yaml) to "
+        f"peer-authentication.yaml, {', '.join(mesh)}) to "
         f"{found}: edit them there, they hot-reload\n")
 
 

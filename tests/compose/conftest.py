@@ -61,7 +61,9 @@ DATA_ROOT = Path("/var/lib/envoy-mixer-test-docker")
 LOCK_FILE = Path("/var/lib/envoy-mixer-test-docker.lock")
 #: The pid of the dockerd on DATA_ROOT, so a run killed before its teardown can be cleaned up.
 PID_RECORD = Path("/var/lib/envoy-mixer-test-docker.pid")
-#: Engine work directories (sockets, exec root) are /tmp/emd-*: short, for containerd's sockets.
+#: Engine work directories (sockets, exec root) are /tmp/emd-*: a short path whatever TMPDIR
+#: says, because containerd's unix sockets live under the exec root (108-byte limit).
+WORKDIR_PARENT = Path("/tmp")
 WORKDIR_PREFIX = "emd-"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -195,7 +197,7 @@ def _stop_leftover_dockerd() -> None:
 
 def _remove_stale_workdirs(keep: Path) -> None:
     """Remove engine work directories that earlier runs left (only one run holds the lock)."""
-    for workdir in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+    for workdir in WORKDIR_PARENT.glob(f"{WORKDIR_PREFIX}*"):
         if workdir != keep and workdir.is_dir():
             for mount in reversed(_mounts_under(workdir)):
                 run(["umount", "-l", mount], check=False, timeout=30)
@@ -280,7 +282,7 @@ def docker_engine() -> Iterator[DockerEngine]:
     started = time.monotonic()
     lock = _lock_data_root()
     waited = time.monotonic() - started
-    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=tempfile.gettempdir()))
+    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=WORKDIR_PARENT))
     try:
         _stop_leftover_dockerd()
         _remove_stale_workdirs(keep=workdir)
@@ -393,7 +395,7 @@ def debian_mirror() -> str:
         text = path.read_text(errors="replace")
         uris = re.findall(r"(?m)^\s*URIs:\s*(\S+)", text)
         uris += re.findall(r"(?m)^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+\S+", text)
-        for uri in uris:
+        for uri in map(str, uris):
             # The main archive, not -security or -updates pockets or third-party repositories.
             if uri.rstrip("/").endswith("/debian"):
                 return uri
@@ -506,15 +508,23 @@ def compose_images(docker_engine: DockerEngine) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- the stack
 
 
-def published_ports(compose: dict[str, Any], services: set[str]) -> list[int]:
-    """Host ports the given services publish (short syntax: [IP:]HOST:CONTAINER)."""
-    ports = []
-    for name in services:
-        for entry in compose["services"][name].get("ports", []):
+def port_pairs(service: dict[str, Any]) -> list[tuple[int, int]]:
+    """(host port, container port) for each port a service publishes on a fixed host port."""
+    pairs = []
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):  # long syntax
+            host, container = str(entry.get("published")), str(entry.get("target"))
+        else:  # [IP:]HOST:CONTAINER[/PROTO]; a bare CONTAINER gets a random host port
             parts = str(entry).split("/")[0].split(":")
-            if len(parts) >= 2 and parts[-2].isdigit():
-                ports.append(int(parts[-2]))
-    return sorted(ports)
+            host, container = (parts[-2], parts[-1]) if len(parts) >= 2 else ("", parts[0])
+        if host.isdigit() and container.isdigit():
+            pairs.append((int(host), int(container)))
+    return pairs
+
+
+def published_ports(compose: dict[str, Any], services: set[str]) -> list[int]:
+    """Host ports the given services publish."""
+    return sorted(host for name in services for host, _ in port_pairs(compose["services"][name]))
 
 
 def _port_busy(port: int) -> bool:
@@ -547,10 +557,9 @@ class Stack:
 
     def host_port(self, service: str, container_port: int) -> int:
         """The host port ``service`` publishes for ``container_port`` (the user's choice)."""
-        for entry in self.compose["services"][service].get("ports", []):
-            parts = str(entry).split("/")[0].split(":")
-            if int(parts[-1]) == container_port:
-                return int(parts[-2]) if len(parts) >= 2 else container_port
+        for host, container in port_pairs(self.compose["services"][service]):
+            if container == container_port:
+                return host
         raise AssertionError(f"{service} does not publish port {container_port}")
 
     def logs(self, tail: int = 40) -> str:

@@ -584,7 +584,11 @@ def compose_stack(docker_engine: DockerEngine, compose_images: dict[str, Any]) -
     stack = Stack(docker_engine, compose, tuple(services))
     started = time.monotonic()
     try:
-        docker_engine.compose("up", "-d", "--no-build", *services, timeout=300)
+        try:
+            docker_engine.compose("up", "-d", "--no-build", *services, timeout=300)
+        except CommandFailed as exc:
+            # Usually a container that exited (certs failing, say): its log says why.
+            raise CommandFailed(f"{exc}\n{stack.logs()}") from None
         docker_engine.timings["up"] = time.monotonic() - started
         yield stack
     finally:

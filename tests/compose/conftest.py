@@ -555,12 +555,19 @@ class Stack:
     compose: dict[str, Any]
     services: tuple[str, ...]
 
-    def host_port(self, service: str, container_port: int) -> int:
+    def published_port(self, service: str, container_port: int) -> int | None:
         """The host port ``service`` publishes for ``container_port`` (the user's choice)."""
         for host, container in port_pairs(self.compose["services"][service]):
             if container == container_port:
                 return host
-        raise AssertionError(f"{service} does not publish port {container_port}")
+        return None
+
+    def host_port(self, service: str, container_port: int) -> int:
+        """Like published_port, for a port the test cannot do without."""
+        host = self.published_port(service, container_port)
+        if host is None:
+            raise AssertionError(f"{service} does not publish port {container_port}")
+        return host
 
     def logs(self, tail: int = 40) -> str:
         """The last lines of every container's log, for a failure message."""

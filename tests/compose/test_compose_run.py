@@ -62,6 +62,19 @@ def prometheus_codes(base: str) -> set[str]:
     return {str(r["metric"].get("response_code")) for r in body["data"]["result"]}
 
 
+def published_admin_ports(stack: Stack) -> dict[str, int]:
+    """Host ports of our services' admin listeners (``--admin``), where the file publishes them."""
+    out = {}
+    for name, service in stack.compose["services"].items():
+        args = [str(arg) for arg in service.get("command") or []]
+        if "--admin" in args and name in stack.services:
+            container_port = int(args[args.index("--admin") + 1].rpartition(":")[2])
+            host = stack.published_port(name, container_port)
+            if host is not None:
+                out[name] = host
+    return out
+
+
 @pytest.mark.slow
 def test_traffic_through_ingress_gets_200_403_429_and_lands_in_prometheus(
         compose_stack: Stack) -> None:
@@ -73,6 +86,11 @@ def test_traffic_through_ingress_gets_200_403_429_and_lands_in_prometheus(
     status = wait_for_status(f"{ingress}/api/hello", 200, READY_TIMEOUT)
     assert status == 200, (f"/api/hello answered {status} after {READY_TIMEOUT:.0f} s\n"
                            f"{compose_stack.logs()}")
+    # A 200 proves authz serves, not the rate limit service: Envoy fails open without it, and
+    # a /api/limited answered that way would be a 200 where the fourth must be a 429.
+    for name, port in published_admin_ports(compose_stack).items():
+        status = wait_for_status(f"http://127.0.0.1:{port}/healthz", 200, READY_TIMEOUT)
+        assert status == 200, f"{name} /healthz answered {status}\n{compose_stack.logs()}"
     compose_stack.engine.timings["ready"] = time.monotonic() - started
 
     assert http_status(f"{ingress}/admin/users") == 403, compose_stack.logs()

@@ -169,13 +169,6 @@ def unverified_issuer(token: str) -> str | None:
     return iss if isinstance(iss, str) else None
 
 
-def verify_token(token: str, rule: JwtRule, keys: KeySet, now: float) -> dict[str, Any]:
-    """Verify signature and claims of ``token`` for ``rule``; returns the claims or raises."""
-    claims = verify_signature(token, keys)
-    check_claims(claims, rule, now)
-    return claims
-
-
 def verify_signature(token: str, keys: KeySet) -> dict[str, Any]:
     """Check the signature against ``keys`` (allow-listed algorithms only); returns the claims."""
     try:

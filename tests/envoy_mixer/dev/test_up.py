@@ -1,4 +1,5 @@
-"""``mixer up``: clear start-up errors, and the whole mesh end to end (real Envoys, services).
+"""``mixer up``: clear start-up errors, and the whole mesh end to end (real Envoys, services,
+the control plane).
 
 The end-to-end tests share one mesh (module fixture) started exactly as a user does, as a
 ``mixer up`` subprocess, and stopped with SIGTERM by the last test.
@@ -23,28 +24,30 @@ import pytest
 
 from controlplane.envoy.mesh import local_mesh, service_admin_ports
 from envoy_mixer.dev import procs
-from envoy_mixer.dev.up import (
-    MeshRun,
-    UpError,
-    find_examples,
-    http_get,
-    load_security_policies,
-    mesh_ports,
-    prepare_certificates,
+from envoy_mixer.dev.meshup import (
+    pilot_ports,
+    plan,
+    prepare_proxies,
     rotate_until_stopped,
-    start_mesh,
+    start,
 )
+from envoy_mixer.dev.up import UpError, find_examples, http_get, mesh_ports
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"
+PROXIES = {"frontend-0.default", "backend-0.default", "istio-ingressgateway.istio-system",
+           "istio-egressgateway.istio-system"}
+
+
+def _ports(base: int) -> dict[int, str]:
+    return mesh_ports(local_mesh(base), service_admin_ports(base), pilot_ports(base))
 
 
 def _free_base() -> int:
-    """A port base whose whole ``mixer up`` layout (base..base+45) is free right now."""
+    """A port base whose whole ``mixer up`` layout (base..base+47) is free right now."""
     for _ in range(200):
         base = random.randrange(20000, 40000, 50)
-        ports = mesh_ports(local_mesh(base), service_admin_ports(base))
-        if not any(procs.port_in_use(p) for p in ports):
+        if not any(procs.port_in_use(p) for p in _ports(base)):
             return base
     raise RuntimeError("no free port range")
 
@@ -67,89 +70,97 @@ def _until(check: Callable[[], bool], timeout: float, step: float = 0.1) -> floa
 # ---------------------------------------------------------------------------- start-up errors
 
 def test_missing_examples_are_a_clear_error(tmp_path: Path) -> None:
-    """Without example files, up names the files and the directory it looked in."""
-    with pytest.raises(UpError, match=r"no example files \(policy.yaml, ratelimit.yaml"):
+    """Without a demo mesh, up names what it looked for and where."""
+    with pytest.raises(UpError, match=r"no demo mesh \(mesh/\*.yaml\) in "):
         find_examples(tmp_path)
 
 
 def test_port_taken_is_a_clear_error(tmp_path: Path) -> None:
-    """A busy ingress port is reported with its role before anything starts."""
+    """A busy ingress port is reported with its proxy and holder before anything starts."""
     base = _free_base()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", base))
         busy.listen()
-        with pytest.raises(UpError, match=rf"port {base} \(ingress gateway\).*--port-base"):
-            start_mesh(examples=_examples(tmp_path), run_dir=tmp_path / "run", port_base=base)
-    assert not (tmp_path / "run").exists()
+        with pytest.raises(UpError, match=rf"port {base} \(istio-ingressgateway.istio-system "
+                                          rf"Envoy\) is held by pid {os.getpid()} .*--port-base"):
+            start(mesh_dir=_examples(tmp_path) / "mesh", run_dir=tmp_path / "run", demo=True,
+                  port_base=base)
+    assert not (tmp_path / "run" / "ca").exists()
+    assert not (tmp_path / "run" / "pids.json").exists()
 
 
 def test_missing_envoy_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No Envoy binary: up says how to install it."""
     monkeypatch.setenv("ENVOY_BIN", str(tmp_path / "no-envoy"))
     with pytest.raises(UpError, match=r"Envoy is missing: install it with"):
-        start_mesh(examples=_examples(tmp_path), run_dir=tmp_path / "run", port_base=_free_base())
+        start(mesh_dir=_examples(tmp_path) / "mesh", run_dir=tmp_path / "run", demo=True,
+              port_base=_free_base())
 
 
-def test_bad_example_file_is_a_clear_error(tmp_path: Path) -> None:
-    """A broken example file stops up with the file, line and field of the problem."""
-    examples = _examples(tmp_path)
-    limits = examples / "ratelimit.yaml"
+def test_bad_mesh_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A broken file of the mesh stops up with the file, line and field of the problem; the
+    user's file is the one named, whatever --port-base does."""
+    mesh = _examples(tmp_path) / "mesh"
+    limits = mesh / "ratelimit.yaml"
     limits.write_text(limits.read_text().replace("unit: minute", "unit: fortnight", 1))
     with pytest.raises(UpError) as info:
-        start_mesh(examples=examples, run_dir=tmp_path / "run", port_base=_free_base())
+        plan(mesh_dir=mesh, run_dir=tmp_path / "run", demo=True, port_base=_free_base())
     text = str(info.value)
-    assert text.startswith("bad example file:")
+    assert text.startswith("bad mesh file:")
     assert "ratelimit.yaml: invalid rate limit unit 'fortnight' (line" in text
 
 
-def test_first_start_creates_the_ca_and_a_certificate_per_proxy(tmp_path: Path) -> None:
-    """The run dir gets ca/ and certs/<proxy>/; a second start keeps both; STRICT from examples."""
-    run = MeshRun(mesh=local_mesh(), run_dir=tmp_path, examples=EXAMPLES, port_base=None)
-    keep = prepare_certificates(run, load_security_policies(EXAMPLES))
-    assert set(keep) == {"ingress-gateway", "sidecar-frontend", "sidecar-backend"}
-    assert (tmp_path / "ca" / "ca.json").is_file()
-    for name in ("ingress", "frontend", "backend"):
-        assert (tmp_path / "certs" / name / "default.json").is_file(), name
-    root = (tmp_path / "ca" / "root-cert.pem").read_bytes()
-    chain = (tmp_path / "certs" / "frontend" / "cert-chain.pem").read_bytes()
-    assert run.modes() == {"sidecar-frontend": "STRICT", "sidecar-backend": "STRICT"}
+def test_bad_peer_authentication_is_a_clear_error(tmp_path: Path) -> None:
+    """A broken peer-authentication.yaml stops up with its file and field."""
+    mesh = _examples(tmp_path) / "mesh"
+    path = mesh / "peer-authentication.yaml"
+    path.write_text(path.read_text().replace("mode: STRICT", "mode: SOMETIMES"))
+    with pytest.raises(UpError, match=r"bad mesh file:\n.*peer-authentication.yaml"):
+        plan(mesh_dir=mesh, run_dir=tmp_path / "run", demo=True)
 
-    again = MeshRun(mesh=local_mesh(), run_dir=tmp_path, examples=EXAMPLES, port_base=None)
-    prepare_certificates(again, (), mode="PERMISSIVE")
-    assert (tmp_path / "ca" / "root-cert.pem").read_bytes() == root
-    assert (tmp_path / "certs" / "frontend" / "cert-chain.pem").read_bytes() == chain
-    assert again.modes() == {"sidecar-frontend": "PERMISSIVE", "sidecar-backend": "PERMISSIVE"}
+
+def test_first_start_creates_the_ca_and_a_certificate_per_proxy(tmp_path: Path) -> None:
+    """The run dir gets ca/, certs/<proxy>/ and a bootstrap per WorkloadEntry; a second start
+    keeps the CA and the certificates; the demo is STRICT."""
+    mesh = _examples(tmp_path) / "mesh"
+    run = plan(mesh_dir=mesh, run_dir=tmp_path / "run", demo=True)
+    keep = prepare_proxies(run)
+    assert set(keep) == set(run.proxies) == PROXIES
+    root = tmp_path / "run"
+    assert (root / "ca" / "ca.json").is_file()
+    for key in PROXIES:
+        assert (root / "certs" / key / "default.json").is_file(), key
+        assert "xds-grpc" in (root / f"envoy-{key}.yaml").read_text(), key
+    first_root = (root / "ca" / "root-cert.pem").read_bytes()
+    chain = (root / "certs" / "frontend-0.default" / "cert-chain.pem").read_bytes()
+    assert run.modes() == {"backend-0.default": "STRICT", "frontend-0.default": "STRICT"}
+    assert run.proxies["istio-ingressgateway.istio-system"].admin == local_mesh().ingress_admin.port
+
+    prepare_proxies(plan(mesh_dir=mesh, run_dir=root, demo=True))
+    assert (root / "ca" / "root-cert.pem").read_bytes() == first_root
+    assert (root / "certs" / "frontend-0.default" / "cert-chain.pem").read_bytes() == chain
 
 
 def test_rotation_thread_keeps_certificates_and_stops_when_asked(tmp_path: Path) -> None:
     """The rotation loop leaves fresh certificates alone and returns once stop is set."""
-    run = MeshRun(mesh=local_mesh(), run_dir=tmp_path, examples=EXAMPLES, port_base=None)
-    keep = prepare_certificates(run, ())
-    chain = (tmp_path / "certs" / "backend" / "cert-chain.pem").read_bytes()
+    run = plan(mesh_dir=_examples(tmp_path) / "mesh", run_dir=tmp_path / "run", demo=True)
+    keep = prepare_proxies(run)
+    chain = (tmp_path / "run" / "certs" / "backend-0.default" / "cert-chain.pem").read_bytes()
     thread = threading.Thread(target=rotate_until_stopped, args=(keep, run.stopping))
     thread.start()
     run.stop()
     thread.join(10)
     assert not thread.is_alive()
-    assert (tmp_path / "certs" / "backend" / "cert-chain.pem").read_bytes() == chain
+    assert (tmp_path / "run" / "certs" / "backend-0.default" / "cert-chain.pem").read_bytes() \
+        == chain
 
 
 def test_without_a_peer_authentication_file_the_mesh_is_permissive(tmp_path: Path) -> None:
     """No peer-authentication.yaml: Istio's mode when no policy applies (PERMISSIVE)."""
-    examples = _examples(tmp_path)
-    (examples / "peer-authentication.yaml").unlink()
-    run = MeshRun(mesh=local_mesh(), run_dir=tmp_path / "run", examples=examples, port_base=None)
-    prepare_certificates(run, load_security_policies(examples))
+    mesh = _examples(tmp_path) / "mesh"
+    (mesh / "peer-authentication.yaml").unlink()
+    run = plan(mesh_dir=mesh, run_dir=tmp_path / "run", demo=True)
     assert set(run.modes().values()) == {"PERMISSIVE"}
-
-
-def test_bad_peer_authentication_is_a_clear_error(tmp_path: Path) -> None:
-    """A broken peer-authentication.yaml stops up with its file and field."""
-    examples = _examples(tmp_path)
-    path = examples / "peer-authentication.yaml"
-    path.write_text(path.read_text().replace("mode: STRICT", "mode: SOMETIMES"))
-    with pytest.raises(UpError, match=r"bad example file:\n.*peer-authentication.yaml"):
-        start_mesh(examples=examples, run_dir=tmp_path / "run", port_base=_free_base())
 
 
 # ---------------------------------------------------------------------------- end to end
@@ -403,8 +414,7 @@ def test_sigterm_stops_every_process(mesh: Mesh) -> None:
     pids = mesh.envoy_pids()
     mesh.proc.send_signal(signal.SIGTERM)
     assert mesh.proc.wait(20) == 0
-    ports = mesh_ports(local_mesh(mesh.base), service_admin_ports(mesh.base))
-    busy = [p for p in [*ports, mesh.base + 46, mesh.base + 47] if procs.port_in_use(p)]
+    busy = [p for p in _ports(mesh.base) if procs.port_in_use(p)]
     assert not busy, busy
     for pid in pids.values():
         with pytest.raises(ProcessLookupError):

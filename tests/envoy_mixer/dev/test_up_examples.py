@@ -14,9 +14,10 @@ PACKAGED = resources.files("envoy_mixer.dev") / "examples"
 
 
 def _fill(directory: Path) -> Path:
-    directory.mkdir(parents=True)
+    (directory / "mesh").mkdir(parents=True)
     for name in EXAMPLE_FILES.values():
         (directory / name).write_text(f"# mine: {name}\n")
+    (directory / "mesh" / "workloads.yaml").write_text("# mine\n")
     return directory
 
 
@@ -66,7 +67,7 @@ def test_an_existing_copy_is_never_overwritten(config_home: Path) -> None:
 
 
 def test_examples_in_the_working_directory_win(config_home: Path) -> None:
-    """In a checkout (./examples holds the three files) those are used and nothing is copied."""
+    """In a checkout (./examples holds mesh/) that one is used and nothing is copied."""
     local = _fill(Path.cwd() / "examples")
     out = io.StringIO()
     assert find_examples(None, out=out) == local
@@ -76,7 +77,7 @@ def test_examples_in_the_working_directory_win(config_home: Path) -> None:
 def test_an_incomplete_working_directory_copy_falls_back_to_the_packaged_one(
     config_home: Path,
 ) -> None:
-    """An unrelated ./examples without our three files is not mistaken for them."""
+    """An unrelated ./examples without a mesh/ is not mistaken for ours."""
     (Path.cwd() / "examples").mkdir()
     (Path.cwd() / "examples" / "policy.yaml").write_text("# someone else's\n")
     assert find_examples(None) == config_home / "envoy-mixer" / "examples"
@@ -86,8 +87,8 @@ def test_explicit_directory_is_used_as_is(tmp_path: Path, config_home: Path) -> 
     """--examples DIR is used when complete and is an error, not a fallback, when not."""
     mine = _fill(tmp_path / "mine")
     assert find_examples(mine) == mine
-    (mine / "ratelimit.yaml").unlink()
-    with pytest.raises(UpError, match=r"no example files .* in .*mine; pass --examples DIR"):
+    (mine / "mesh" / "workloads.yaml").unlink()
+    with pytest.raises(UpError, match=r"no demo mesh \(mesh/\*.yaml\) in .*mine; pass --examples"):
         find_examples(mine)
     assert not config_home.exists()
 

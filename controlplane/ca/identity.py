@@ -11,10 +11,9 @@ import re
 from dataclasses import dataclass
 
 from controlplane.ca.errors import InvalidIdentity
+from envoy_mixer.common.wire import DEFAULT_TRUST_DOMAIN, parse_spiffe, spiffe_uri
 
 __all__ = ["DEFAULT_TRUST_DOMAIN", "SpiffeId", "validate_trust_domain"]
-
-DEFAULT_TRUST_DOMAIN = "cluster.local"
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_LABEL = re.compile(rf"{_LABEL}\Z")
@@ -56,15 +55,15 @@ class SpiffeId:
     @property
     def uri(self) -> str:
         """The SPIFFE URI that goes into the certificate's only URI SAN."""
-        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+        return spiffe_uri(self.trust_domain, self.namespace, self.service_account)
 
     @classmethod
     def parse(cls, uri: str) -> SpiffeId:
         """Parse ``spiffe://td/ns/NS/sa/SA``; anything else raises InvalidIdentity."""
-        match = re.fullmatch(r"spiffe://([^/]+)/ns/([^/]+)/sa/([^/]+)", uri)
-        if match is None:
+        parts = parse_spiffe(uri)
+        if parts is None:
             raise InvalidIdentity(f"not an Istio SPIFFE id: '{uri}'")
-        return cls(match.group(1), match.group(2), match.group(3))
+        return cls(*parts)
 
     def __str__(self) -> str:
         return self.uri

@@ -11,7 +11,9 @@ where our three services are; the output is one of:
 mTLS: ``--cert-dir DIR`` (what ``mixer ca issue --out DIR`` wrote) gives the proxy its mesh
 certificate; every upstream is then called with ISTIO_MUTUAL and a sidecar's inbound port
 takes the mode ``--peer-authentication PATH`` resolves for the workload (Istio's precedence),
-or ``--mtls MODE``; with neither, PERMISSIVE (Istio's mode when no policy applies).
+or ``--mtls MODE``; with neither, PERMISSIVE (Istio's mode when no policy applies). The egress
+gateway's listener takes its own mode the same way; a sidecar's ``--egress-host`` routes go to
+``--egress-gateway`` with ISTIO_MUTUAL (unless the gateway's mode is DISABLE).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from typing import Any
 
 from controlplane.envoy.model import (
     DEFAULT_TRUST_DOMAIN,
+    EGRESS_GATEWAY_NAMESPACE,
+    EGRESS_GATEWAY_SERVICE,
+    EgressRoute,
     Endpoint,
     InboundMode,
     MeshTls,
@@ -94,6 +99,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--upstream", type=_upstream, action="append", default=[],
                    metavar="NAME[.NS]=HOST:PORT",
                    help="sidecar outbound / ingress target (repeatable for sidecars)")
+    p.add_argument("--egress-gateway", type=_endpoint, default=None, metavar="HOST:PORT",
+                   help="where the egress gateway listens (for --egress-host)")
+    p.add_argument("--egress-host", action="append", default=[], metavar="HOST",
+                   help="external host (or *.suffix) the sidecar sends to the egress gateway, "
+                        "Host kept (repeatable; needs --egress-gateway and --outbound-port)")
     p.add_argument("--authz", type=_endpoint, default=Endpoint("127.0.0.1", 9191),
                    metavar="HOST:PORT")
     p.add_argument("--ratelimit", type=_endpoint, default=Endpoint("127.0.0.1", 8081),
@@ -122,6 +132,14 @@ def register(subparsers: Any) -> None:
                    help="ratelimit config to derive the route rate_limits actions from")
     p.add_argument("--ratelimit-domain", default=None,
                    help="rate-limit domain (default: 'ingress', 'egress' or the workload name)")
+    p.add_argument("--xds", type=_endpoint, default=None, metavar="HOST:PORT",
+                   help="render the minimal bootstrap of an Envoy that `mixer pilot` at HOST:PORT "
+                        "programs (node identity, the xDS cluster, the admin address); "
+                        "--workload is NAME.NAMESPACE (or NAME with --namespace)")
+    p.add_argument("--mesh", type=Path, default=None, metavar="DIR",
+                   help="with --xds: read the workload's labels and role from the mesh directory")
+    p.add_argument("--delta", action="store_true",
+                   help="with --xds: incremental xDS (DELTA_GRPC) instead of state of the world")
     p.add_argument("-o", "--output", type=Path, default=None, help="write here instead of stdout")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--snippets", action="store_true",
@@ -167,6 +185,21 @@ def mesh_tls(args: argparse.Namespace, workload: Workload,
                    trust_domain=args.trust_domain)
 
 
+def _egress_route(args: argparse.Namespace,
+                  policies: Sequence[PeerAuthentication]) -> EgressRoute | None:
+    """The sidecar's route to the egress gateway from ``--egress-host``/``--egress-gateway``."""
+    if not args.egress_host:
+        return None
+    if args.egress_gateway is None or args.outbound_port is None:
+        raise ConfigError("--egress-host needs --egress-gateway HOST:PORT and --outbound-port")
+    # Auto mTLS, as for --upstream: plaintext only if the gateway's own policy says DISABLE.
+    mode = effective_mtls(policies, namespace=EGRESS_GATEWAY_NAMESPACE,
+                          labels={"app": EGRESS_GATEWAY_SERVICE, "istio": "egressgateway"},
+                          root_namespace=args.root_namespace).for_port(args.egress_gateway.port)
+    return EgressRoute.to(args.egress_gateway, tuple(args.egress_host),
+                          port=args.egress_gateway.port, mtls=mode != "DISABLE")
+
+
 def build(args: argparse.Namespace) -> str:
     """The requested output text (config, snippets or actions) for parsed arguments."""
     workload = _workload(args)
@@ -198,7 +231,8 @@ def build(args: argparse.Namespace) -> str:
     if args.role == "sidecar":
         config = sidecar(workload, services, options, inbound_port=args.inbound_port,
                          app=args.app_address, outbound_port=args.outbound_port,
-                         upstreams=upstreams, service_port=args.service_port)
+                         upstreams=upstreams, service_port=args.service_port,
+                         egress=_egress_route(args, policies))
     elif args.role == "ingress":
         if len(upstreams) != 1:
             raise ConfigError("--role ingress needs exactly one --upstream NAME=HOST:PORT")
@@ -211,6 +245,8 @@ def build(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``mixer envoy-config``."""
+    if args.xds is not None:
+        return _xds_bootstrap(args)
     try:
         if args.write_shipped is not None:
             for path in write_shipped(args.write_shipped):
@@ -225,3 +261,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _xds_bootstrap(args: argparse.Namespace) -> int:
+    """``--xds``: the minimal bootstrap, rendered by the control plane's own builder."""
+    from controlplane.xds.cli import envoy_config_xds
+
+    if not args.workload:
+        print("mixer envoy-config: --xds needs --workload NAME.NAMESPACE", file=sys.stderr)
+        return 2
+    workload = (args.workload if "." in args.workload
+                else f"{args.workload}.{args.namespace or 'default'}")
+    return envoy_config_xds(argparse.Namespace(
+        xds=args.xds, workload=workload, cert_dir=args.cert_dir, mesh=args.mesh,
+        router=args.role != "sidecar", delta=args.delta, admin_address=args.admin,
+        output=args.output))

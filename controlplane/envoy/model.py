@@ -20,11 +20,15 @@ if TYPE_CHECKING:
 # once in envoy_mixer.common.wire and shared with the services that read it; re-exported here
 # for the builders.
 from envoy_mixer.common.wire import AUTHZ_METADATA_NAMESPACE as AUTHZ_METADATA_NAMESPACE
+
+# The mesh's default trust domain (Istio's ``cluster.local``).
+from envoy_mixer.common.wire import DEFAULT_TRUST_DOMAIN as DEFAULT_TRUST_DOMAIN
 from envoy_mixer.common.wire import DIRECT_PEER_HEADER as DIRECT_PEER_HEADER
 from envoy_mixer.common.wire import DIRECT_REMOTE_IP_KEY as DIRECT_REMOTE_IP_KEY
 from envoy_mixer.common.wire import PEER_METADATA_HEADER as PEER_METADATA_HEADER
 from envoy_mixer.common.wire import PEER_METADATA_ID_HEADER as PEER_METADATA_ID_HEADER
 from envoy_mixer.common.wire import PEER_STASH_NAMESPACE as PEER_STASH_NAMESPACE
+from envoy_mixer.common.wire import spiffe_uri as spiffe_uri
 
 #: Cluster names of our three services inside every generated config.
 AUTHZ_CLUSTER = "mixer_authz"
@@ -32,16 +36,8 @@ RATELIMIT_CLUSTER = "mixer_ratelimit"
 TELEMETRY_CLUSTER = "mixer_telemetry"
 TRACING_CLUSTER = "mixer_tracing"
 
-#: The mesh's default trust domain (Istio's ``cluster.local``).
-DEFAULT_TRUST_DOMAIN = "cluster.local"
-
 #: How an inbound port admits peers: Istio's resolved PeerAuthentication modes.
 InboundMode = Literal["DISABLE", "PERMISSIVE", "STRICT"]
-
-
-def spiffe_uri(trust_domain: str, namespace: str, service_account: str) -> str:
-    """Istio's workload identity ``spiffe://<td>/ns/<ns>/sa/<sa>``."""
-    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +220,33 @@ class TcpOutbound:
 
     listen: int
     upstream: Upstream
+
+
+#: Istio's egress gateway: its service (in the root namespace) and the account it runs as.
+EGRESS_GATEWAY_SERVICE = "istio-egressgateway"
+EGRESS_GATEWAY_NAMESPACE = "istio-system"
+EGRESS_GATEWAY_ACCOUNT = "istio-egressgateway-service-account"
+
+
+@dataclass(frozen=True, slots=True)
+class EgressRoute:
+    """External hosts a sidecar sends through the egress gateway, their ``Host`` kept.
+
+    Istio's VirtualService bound to ``mesh`` that routes ``hosts`` to the egress gateway, with
+    a DestinationRule ISTIO_MUTUAL to it: ``gateway`` is the gateway as a mesh upstream (see
+    :meth:`to`), so the call is mTLS checked against the gateway's SPIFFE id. ``hosts`` are
+    Envoy domains (exact, or ``*.suffix``).
+    """
+
+    gateway: Upstream
+    hosts: tuple[str, ...]
+
+    @classmethod
+    def to(cls, address: Endpoint, hosts: tuple[str, ...], *, port: int = 80,
+           mtls: bool = True) -> EgressRoute:
+        """Route ``hosts`` to Istio's egress gateway at ``address`` (logical ``port``)."""
+        return cls(Upstream(EGRESS_GATEWAY_SERVICE, address, EGRESS_GATEWAY_NAMESPACE, port,
+                            service_account=EGRESS_GATEWAY_ACCOUNT, mtls=mtls), hosts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,7 +105,8 @@ def _workload(args: argparse.Namespace) -> tuple[EnvoyWorkload, str]:
         "router" if args.router else "sidecar")
 
 
-def _envoy_config(args: argparse.Namespace) -> int:
+def envoy_config_xds(args: argparse.Namespace) -> int:
+    """The minimal bootstrap: `mixer envoy-config --xds` and `mixer envoy-config-xds`."""
     from controlplane.xds.bootstrap import xds_bootstrap
 
     if "." not in args.workload:
@@ -271,7 +272,7 @@ def register_envoy_config(subparsers: Any) -> None:
     b.add_argument("--admin", dest="admin_address", type=_endpoint,
                    default=Endpoint("127.0.0.1", 15000), metavar="HOST:PORT")
     b.add_argument("-o", "--output", type=Path, default=None)
-    b.set_defaults(func=_envoy_config)
+    b.set_defaults(func=envoy_config_xds)
 
 
 def register_proxy_status(subparsers: Any) -> None:

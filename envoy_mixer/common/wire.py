@@ -80,40 +80,24 @@ SPIFFE_SCHEME = "spiffe://"
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 
 
-class SpiffeId(NamedTuple):
-    """A workload identity ``spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>``."""
-
-    trust_domain: str
-    namespace: str
-    service_account: str
-
-    @property
-    def uri(self) -> str:
-        """The URI SAN form, as certificates carry it."""
-        return (f"{SPIFFE_SCHEME}{self.trust_domain}/ns/{self.namespace}"
-                f"/sa/{self.service_account}")
-
-    @property
-    def principal(self) -> str:
-        """The form AuthorizationPolicy ``principals`` use (no scheme)."""
-        return self.uri.removeprefix(SPIFFE_SCHEME)
-
-    def __str__(self) -> str:
-        return self.uri
+def spiffe_uri(trust_domain: str, namespace: str, service_account: str) -> str:
+    """``spiffe://<td>/ns/<ns>/sa/<sa>``: a workload's identity as certificates carry it."""
+    return f"{SPIFFE_SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}"
 
 
-def parse_spiffe(uri: str) -> SpiffeId | None:
-    """The identity in an exact ``spiffe://td/ns/NS/sa/SA`` URI; None for anything else.
+def parse_spiffe(uri: str) -> tuple[str, str, str] | None:
+    """``(trust_domain, namespace, service_account)`` of an exact workload URI; None otherwise.
 
     Exact on purpose: extra segments, an empty part or a missing scheme do not name a workload
-    (policy matching has its own, Istio-shaped patterns; this is for identities we issue).
+    (policy matching has its own, Istio-shaped patterns; this is for identities we issue and
+    check). ``controlplane.ca.identity.SpiffeId`` adds Kubernetes' naming rules on top.
     """
     if not uri.startswith(SPIFFE_SCHEME):
         return None
     parts = uri[len(SPIFFE_SCHEME):].split("/")
     if len(parts) != 5 or parts[1] != "ns" or parts[3] != "sa" or not all(parts[::2]):
         return None
-    return SpiffeId(parts[0], parts[2], parts[4])
+    return parts[0], parts[2], parts[4]
 
 
 # ---------------------------------------------------------------------------- node ids

@@ -144,3 +144,20 @@ def test_the_bootstrap_passes_envoy_validate(tmp_path: Path,
                  "frontend-0.default", "--cert-dir", str(certs), "-o", str(out)]) == 0
     result = procs.validate_envoy_config(out)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_envoy_config_xds_flag_is_the_minimal_bootstrap(capsys: pytest.CaptureFixture[str]) -> None:
+    """`mixer envoy-config --xds H:P --workload N.NS` (the issue's spelling) renders the same
+    minimal bootstrap as `mixer envoy-config-xds`; NAME plus --namespace works too."""
+    assert main(["envoy-config", "--xds", "127.0.0.1:15010", "--workload", "frontend.default"]) == 0
+    flag = capsys.readouterr().out
+    assert main(["envoy-config", "--xds", "127.0.0.1:15010", "--workload", "frontend",
+                 "--namespace", "default"]) == 0
+    assert capsys.readouterr().out == flag
+    assert main(["envoy-config-xds", "--xds", "127.0.0.1:15010",
+                 "--workload", "frontend.default"]) == 0
+    assert capsys.readouterr().out == flag
+    bootstrap = yaml.safe_load(flag)
+    assert bootstrap["node"]["id"].startswith("sidecar~")
+    assert bootstrap["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
+    assert main(["envoy-config", "--xds", "127.0.0.1:15010"]) == 2

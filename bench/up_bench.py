@@ -89,7 +89,7 @@ def measure() -> list[list[object]]:
         try:
             if _seconds_until(lambda: "healthy after" in (tmp / "up.out").read_text()) is None:
                 raise RuntimeError("mixer up did not come up: " + (tmp / "up.out").read_text())
-            edits = [
+            edits: list[tuple[str, str, Callable[[str], str], Callable[[], bool]]] = [
                 ("VirtualService fault (418)", "virtualservices.yaml",
                  lambda t: t.replace("    - name: frontend\n      route:", _TEAPOT, 1),
                  lambda: http_get(url + "/api/teapot").status == 418),

@@ -6,7 +6,9 @@ explicitly; tracing (OpenTelemetry over OTLP/gRPC) is added only when a collecto
 A mesh inbound listener follows its PeerAuthentication mode (:func:`inbound_listener`):
 STRICT has one mTLS chain; PERMISSIVE a ``tls_inspector`` and two chains, mTLS for clients
 offering Istio's ALPN and plaintext for ``raw_buffer`` (without the inspector Envoy silently
-sends every connection down the plaintext chain); DISABLE one plaintext chain.
+sends every connection down the plaintext chain), and, given a TCP proxy to the app, Istio's
+third chain passing the app's own TLS (TLS without Istio's ALPN) through untouched; DISABLE
+one plaintext chain.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
     HttpConnectionManager,
     HttpFilter,
 )
+from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 from google.protobuf.message import Message
 
 from controlplane.envoy.core import duration, envoy_grpc, pack, socket_address
@@ -100,11 +103,15 @@ def network_filter_name(config: Message) -> str:
 def inbound_listener(
     name: str, host: str, port: int, mode: InboundMode, *, mtls: Message,
     plaintext: Message, server_tls: TransportSocket | None,
+    passthrough: TcpProxy | None = None,
 ) -> Listener:
     """A listener admitting peers as ``mode`` says; ``mtls``/``plaintext`` are each chain's
     network filter (an HCM or a TCP proxy).
 
     ``server_tls`` (required unless DISABLE) is the DownstreamTlsContext socket.
+    ``passthrough`` (PERMISSIVE only) takes TLS that offers none of Istio's ALPNs, i.e. a
+    client speaking TLS to an app that terminates it itself (Istio's passthrough chain):
+    without it Envoy resets such a connection (``no_filter_chain_match``).
     """
     out = Listener(name=name, address=socket_address(host, port))
 
@@ -128,4 +135,8 @@ def inbound_listener(
         secured.filter_chain_match.transport_protocol = "tls"
         secured.filter_chain_match.application_protocols.extend(MESH_ALPNS)
         chain("plaintext", plaintext).filter_chain_match.transport_protocol = "raw_buffer"
+        if passthrough is not None:
+            # Envoy prefers the chain naming an ALPN, so this one gets only TLS without
+            # Istio's: no transport socket, the bytes go to the app as they came.
+            chain("tls-passthrough", passthrough).filter_chain_match.transport_protocol = "tls"
     return out

@@ -11,7 +11,8 @@
                backend sidecar (inbound) ──▶ backend app
 
 Every proxy calls ``authz`` (ext_authz), ``ratelimit`` (RLS) and ``telemetry`` (ALS). The
-egress gateway is rendered too (shipped and in compose) for workloads reaching external hosts.
+egress gateway is rendered too (shipped and in compose): the frontend sidecar sends the
+external hosts of :data:`EGRESS_HOSTS` there (mTLS, like every other hop of the mesh).
 
 With a :class:`MeshSecurity` every proxy reads its certificate from
 ``<cert_root>/<CERT_DIRS[role]>/`` (what ``mixer ca issue`` writes) and every hop inside the
@@ -29,6 +30,7 @@ from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 
 from controlplane.envoy.model import (
     DEFAULT_TRUST_DOMAIN,
+    EgressRoute,
     Endpoint,
     InboundMode,
     MeshTls,
@@ -60,6 +62,10 @@ CERT_DIRS = {"ingress-gateway": "ingress", "egress-gateway": "egress",
 #: Rate-limit domain each proxy sends (the ratelimit config's ``domain:``).
 DOMAINS = {"ingress-gateway": "ingress", "egress-gateway": "egress",
            "sidecar-frontend": "frontend", "sidecar-backend": "backend"}
+
+#: External hosts the frontend reaches through the egress gateway: those the example egress
+#: policy (``examples/policy.yaml``) allows.
+EGRESS_HOSTS = ("httpbin.org", "*.example.com")
 
 #: The logical service port (Istio cluster names use it, wherever the process really listens).
 SERVICE_PORT = 8080
@@ -195,6 +201,8 @@ def render_mesh(
 
     backend_up = upstream(BACKEND, mesh.backend.inbound)
     frontend_up = upstream(FRONTEND, mesh.frontend.inbound)
+    egress = EgressRoute.to(mesh.egress, EGRESS_HOSTS, port=mesh.egress.port,
+                            mtls=security is not None and security.mode_of(EGRESS) != "DISABLE")
     return {
         "ingress-gateway": ingress_gateway(
             INGRESS, mesh.services, options("ingress-gateway", mesh.ingress_admin),
@@ -203,7 +211,7 @@ def render_mesh(
             FRONTEND, mesh.services, options("sidecar-frontend", mesh.frontend.admin),
             inbound_port=mesh.frontend.inbound.port, app=mesh.frontend.app,
             outbound_port=mesh.frontend.outbound.port, upstreams=[backend_up],
-            service_port=SERVICE_PORT),
+            service_port=SERVICE_PORT, egress=egress),
         "sidecar-backend": sidecar(
             BACKEND, mesh.services, options("sidecar-backend", mesh.backend.admin),
             inbound_port=mesh.backend.inbound.port, app=mesh.backend.app,

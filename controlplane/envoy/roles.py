@@ -6,8 +6,10 @@ the same proxy as xDS resources (listeners, clusters), which is what an xDS serv
 
 With ``ProxyOptions.tls`` (a mesh certificate) the proxies speak Istio's mTLS: a sidecar's
 inbound listeners admit peers as their PeerAuthentication mode says (:mod:`.listeners`), and
-every cluster to a mesh upstream originates ISTIO_MUTUAL (:mod:`.tls`). Peer-metadata request
-headers count only from a verified peer: plaintext inbound chains and the gateways remove them.
+every cluster to a mesh upstream originates ISTIO_MUTUAL (:mod:`.tls`). The egress gateway
+takes mesh workloads on its listener as a sidecar's inbound does, and a sidecar's routes to it
+(``EgressRoute``) are ISTIO_MUTUAL to the gateway's identity. Peer-metadata request headers
+count only from a verified peer: plaintext inbound chains and the gateways remove them.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from controlplane.envoy.listeners import (
     tracing_config,
 )
 from controlplane.envoy.model import (
+    EgressRoute,
     Endpoint,
     InboundMode,
     MixerServices,
@@ -127,8 +130,11 @@ def sidecar_resources(
     inbound_port: int, app: Endpoint, outbound_port: int | None = None,
     upstreams: Sequence[Upstream] = (), service_port: int = 8080,
     tcp_inbound: Sequence[TcpInbound] = (), tcp_outbound: Sequence[TcpOutbound] = (),
+    egress: EgressRoute | None = None,
 ) -> RoleResources:
     """A sidecar's listeners and clusters (see :func:`sidecar`)."""
+    if egress is not None and outbound_port is None:
+        raise ValueError("an egress route needs the outbound listener (outbound_port)")
     to_app = inbound_cluster(workload, service_port, app)
     tracing = _tracing(workload, options)
     inbound = virtual_host(
@@ -144,9 +150,12 @@ def sidecar_resources(
         return _hcm("inbound", options, [inbound], services, log_name="sidecar-inbound",
                     strip_peer_request=not secured, client_cert=secured, tracing=tracing)
 
+    # PERMISSIVE: TLS the sidecar cannot terminate (the app's own) goes to the app as TCP.
+    passthrough = _tcp_proxy("inbound_passthrough", to_app.name, services,
+                             "sidecar-inbound-tcp", upstream_sans=False)
     listeners = [inbound_listener("inbound", options.listen_host, inbound_port, mode,
                                   mtls=inbound_hcm(True), plaintext=inbound_hcm(False),
-                                  server_tls=server_tls)]
+                                  server_tls=server_tls, passthrough=passthrough)]
     clusters = [to_app]
     for tcp in tcp_inbound:
         app_cluster = inbound_cluster(workload, tcp.service_port, tcp.app)
@@ -154,7 +163,8 @@ def sidecar_resources(
         proxy = _tcp_proxy(name, app_cluster.name, services, "sidecar-inbound-tcp",
                            upstream_sans=False)
         listeners.append(inbound_listener(name, options.listen_host, tcp.listen, mode,
-                                          mtls=proxy, plaintext=proxy, server_tls=server_tls))
+                                          mtls=proxy, plaintext=proxy, server_tls=server_tls,
+                                          passthrough=proxy))
         clusters.append(app_cluster)
     if outbound_port is not None:
         vhosts = [
@@ -166,10 +176,19 @@ def sidecar_resources(
             )
             for up in upstreams
         ]
+        if egress is not None:
+            # The external Host stays: the egress gateway forwards by it (and its policy
+            # matches it).
+            vhosts.append(virtual_host(
+                "egress-gateway", egress.hosts,
+                [forward_route("external", egress.gateway.cluster_name, options.route_timeout)],
+                authz=authz_disabled(), request_headers=peer_headers(workload, "sidecar")))
         vhosts.append(virtual_host("unknown-upstream", ["*"],
                                    [not_found_route("unknown", UNKNOWN_UPSTREAM_BODY)],
                                    authz=authz_disabled()))
         clusters += [_mesh_cluster(options, up) for up in upstreams]
+        if egress is not None:
+            clusters.append(_mesh_cluster(options, egress.gateway))
         listeners.append(listener("outbound", options.listen_host, outbound_port, _hcm(
             "outbound", options, vhosts, services, log_name="sidecar-outbound",
             strip_peer_response=True, upstream_sans=True, tracing=tracing)))
@@ -188,6 +207,7 @@ def sidecar(
     inbound_port: int, app: Endpoint, outbound_port: int | None = None,
     upstreams: Sequence[Upstream] = (), service_port: int = 8080,
     tcp_inbound: Sequence[TcpInbound] = (), tcp_outbound: Sequence[TcpOutbound] = (),
+    egress: EgressRoute | None = None,
 ) -> Bootstrap:
     """A sidecar: inbound (policy, quota, telemetry in front of the app) and outbound.
 
@@ -202,16 +222,19 @@ def sidecar(
 
     mTLS (``options.tls``): the inbound port follows its mode (STRICT / PERMISSIVE /
     DISABLE); a plaintext chain removes peer-metadata request headers first, an mTLS chain
-    hands the app the verified peer in ``x-forwarded-client-cert``; each upstream cluster
+    hands the app the verified peer in ``x-forwarded-client-cert``, and PERMISSIVE passes TLS
+    without Istio's ALPN (the app's own HTTPS) to the app as TCP; each upstream cluster
     presents our certificate and checks the upstream's SPIFFE id. The outbound logger tags
     the upstream certificate SANs for the client-side reporter.
+    Egress (``egress``, needs ``outbound_port``): requests for its external hosts go to the
+    egress gateway with their ``Host``, ISTIO_MUTUAL checked against the gateway's identity.
     TCP: each ``tcp_inbound`` port gets its own inbound listener (same mode, a TCP proxy to
     the app), each ``tcp_outbound`` a listener proxying to its upstream's cluster.
     """
     resources = sidecar_resources(
         workload, services, options, inbound_port=inbound_port, app=app,
         outbound_port=outbound_port, upstreams=upstreams, service_port=service_port,
-        tcp_inbound=tcp_inbound, tcp_outbound=tcp_outbound)
+        tcp_inbound=tcp_inbound, tcp_outbound=tcp_outbound, egress=egress)
     return bootstrap(node(workload, "sidecar"), options.admin, resources.listeners,
                      resources.clusters)
 
@@ -265,9 +288,14 @@ def egress_gateway_resources(
         authz=authz_per_route(workload), rate_limits=options.rate_limits,
         request_headers=peer_headers(workload, "router"),
     )
-    egress = listener("egress", options.listen_host, port, _hcm(
-        "egress", options, [vhost], services, log_name="egress-gateway",
-        strip_peer_request=True, forward_proxy=True, tracing=_tracing(workload, options)))
+    # One HCM for every chain: client-sent peer-metadata headers are removed on each, as at
+    # the ingress gateway, and no client certificate (XFCC) is handed to external hosts.
+    hcm = _hcm("egress", options, [vhost], services, log_name="egress-gateway",
+               strip_peer_request=True, forward_proxy=True,
+               tracing=_tracing(workload, options))
+    server_tls = downstream_tls(options.tls) if options.tls is not None else None
+    egress = inbound_listener("egress", options.listen_host, port, inbound_mode(options),
+                              mtls=hcm, plaintext=hcm, server_tls=server_tls)
     clusters = [forward_proxy_cluster(), *service_clusters(services, options.tracing)]
     return RoleResources((egress,), tuple(clusters))
 
@@ -277,11 +305,14 @@ def egress_gateway(
 ) -> Bootstrap:
     """The egress gateway: an HTTP forward proxy to external hosts that a policy allows.
 
-    Workloads send plain HTTP with the external ``Host``; the dynamic forward proxy resolves
-    it. ext_authz runs on every request with the gateway's identity, so an ALLOW policy
-    selecting the egress gateway (``to.operation.hosts``) decides which hosts are reachable;
-    with the shipped example policy every other host gets 403. Fails closed like the others.
-    Client-sent peer-metadata headers are removed first (no verified peer sent them).
+    Workloads send HTTP with the external ``Host``; the dynamic forward proxy resolves it.
+    With ``options.tls`` the listener admits them as a sidecar's inbound port does, by the
+    gateway's PeerAuthentication mode: STRICT takes only mesh mTLS (a sidecar's
+    :class:`~controlplane.envoy.model.EgressRoute`), so ext_authz sees the caller's principal.
+    ext_authz runs on every request with the gateway's identity, so an ALLOW policy
+    selecting the egress gateway (``to.operation.hosts``, and ``from.source.principals``)
+    decides who reaches which hosts; with the shipped example policy every other host gets
+    403. Fails closed like the others. Client-sent peer-metadata headers are removed first.
     """
     resources = egress_gateway_resources(workload, services, options, port=port)
     return bootstrap(node(workload, "router"), options.admin, resources.listeners,

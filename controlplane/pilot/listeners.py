@@ -4,7 +4,8 @@
   route sends everything to ``inbound|PORT||`` (the ``defaultEndpoint``), behind ext_authz
   with the workload's identity, the ratelimit filter and the access log ``sidecar-inbound``.
   With the mesh CA on, the chain takes mTLS per the PeerAuthentication mode: STRICT only mTLS,
-  PERMISSIVE both (tls_inspector picks), DISABLE plaintext.
+  PERMISSIVE both (tls_inspector picks) and TLS without Istio's ALPN (the app's own) passed to
+  the app as TCP, DISABLE plaintext.
 - **Sidecar egress** entry with a port: a listener ``BIND_PORT`` (bind defaults to
   ``127.0.0.1``) over RDS (route name ``BIND_PORT``): one virtual host per visible service port,
   routes from the VirtualServices bound to ``mesh``, else straight to the service's cluster; an
@@ -28,6 +29,7 @@ from envoy.extensions.filters.listener.tls_inspector.v3.tls_inspector_pb2 import
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (  # noqa: E501
     HttpConnectionManager,
 )
+from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 
 from controlplane.envoy.core import pack
 from controlplane.envoy.filters import (
@@ -36,8 +38,9 @@ from controlplane.envoy.filters import (
     authz_per_route,
     http_filter,
     http_filters,
+    tcp_access_log,
 )
-from controlplane.envoy.listeners import http_connection_manager, listener
+from controlplane.envoy.listeners import TCP_PROXY, http_connection_manager, listener
 from controlplane.envoy.model import MixerServices
 from controlplane.envoy.ratelimit_actions import Actions
 from controlplane.envoy.roles import UNKNOWN_UPSTREAM_BODY
@@ -227,6 +230,13 @@ def ingress_listener(mesh: Mesh, proxy: Proxy, wiring: Wiring, built: Built, *,
             plain.name = "plaintext"
             plain.filter_chain_match.transport_protocol = "raw_buffer"
             out.filter_chains.insert(0, secure)
+            # Istio's third chain: TLS offering none of its ALPNs is the app's own, passed
+            # through as TCP (else Envoy resets it: no_filter_chain_match).
+            passthrough = out.filter_chains.add(name="tls-passthrough")
+            passthrough.filter_chain_match.transport_protocol = "tls"
+            passthrough.filters.add(name=TCP_PROXY).typed_config.CopyFrom(pack(TcpProxy(
+                stat_prefix=f"{name}_passthrough", cluster=app_cluster,
+                access_log=[tcp_access_log(wiring.services, "sidecar-inbound-tcp")])))
             out.listener_filters.add(name=TLS_INSPECTOR).typed_config.CopyFrom(
                 pack(TlsInspector()))
     built.listeners.append(out)

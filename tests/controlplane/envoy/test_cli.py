@@ -150,11 +150,11 @@ def test_cli_mtls_from_cert_dir_and_peer_authentication(
 
 def test_cli_mtls_override_and_its_errors(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """--mtls PERMISSIVE gives two chains; a mode needing a cert without --cert-dir is an error."""
+    """--mtls PERMISSIVE gives three chains; a mode needing a cert without --cert-dir errs."""
     assert cli.main(["envoy-config", "--cert-dir", str(tmp_path), "--mtls", "PERMISSIVE"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert [c["name"] for c in _listener(config, "inbound")["filter_chains"]] == [
-        "mtls", "plaintext"]
+        "mtls", "plaintext", "tls-passthrough"]
     assert cli.main(["envoy-config", "--mtls", "STRICT"]) == 1
     assert capsys.readouterr().err == (
         "error: --mtls STRICT needs --cert-dir (the proxy's certificate)\n")

@@ -8,6 +8,7 @@ from envoy.config.trace.v3.opentelemetry_pb2 import OpenTelemetryConfig
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (  # noqa: E501
     HttpConnectionManager,
 )
+from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 
 from controlplane.envoy.filters import router_filter
 from controlplane.envoy.listeners import (
@@ -96,6 +97,25 @@ def test_permissive_inbound_inspects_and_splits_tls_from_plaintext() -> None:
     assert not plain.HasField("transport_socket")
     hcm = HttpConnectionManager()
     assert plain.filters[0].typed_config.Unpack(hcm) and hcm.use_remote_address.value is True
+
+
+def test_permissive_passes_tls_without_istio_alpn_through_to_the_app() -> None:
+    """PERMISSIVE with a TCP proxy: a third chain on ``tls`` alone, no socket (Istio's)."""
+    proxy = TcpProxy(stat_prefix="inbound_passthrough", cluster="inbound|8080||")
+    out = inbound_listener("inbound", "127.0.0.1", 15006, "PERMISSIVE", mtls=_hcm(),
+                           plaintext=_hcm(), server_tls=downstream_tls(MeshTls("/certs")),
+                           passthrough=proxy)
+    assert [c.name for c in out.filter_chains] == ["mtls", "plaintext", "tls-passthrough"]
+    chain = out.filter_chains[2]
+    assert chain.filter_chain_match.transport_protocol == "tls"
+    assert not chain.filter_chain_match.application_protocols
+    assert not chain.HasField("transport_socket")
+    assert chain.filters[0].name == "envoy.filters.network.tcp_proxy"
+    # STRICT has no passthrough: TLS without a mesh certificate is refused there.
+    strict = inbound_listener("inbound", "127.0.0.1", 15006, "STRICT", mtls=_hcm(),
+                              plaintext=_hcm(), server_tls=downstream_tls(MeshTls("/certs")),
+                              passthrough=proxy)
+    assert [c.name for c in strict.filter_chains] == ["mtls"]
 
 
 def test_disable_inbound_is_plaintext_only() -> None:

@@ -76,8 +76,8 @@ def _policies(text: str) -> tuple[PeerAuthentication, ...]:
     return tuple(load_text(text, "pa.yaml"))
 
 
-def _chains(bootstrap: Bootstrap) -> list[str]:
-    (inbound,) = [x for x in bootstrap.static_resources.listeners if x.name == "inbound"]
+def _chains(bootstrap: Bootstrap, name: str = "inbound") -> list[str]:
+    (inbound,) = [x for x in bootstrap.static_resources.listeners if x.name == name]
     return [c.name for c in inbound.filter_chains]
 
 
@@ -86,7 +86,7 @@ def _tls_clusters(bootstrap: Bootstrap) -> list[str]:
 
 
 def test_mesh_security_follows_peer_authentication() -> None:
-    """Mesh-wide STRICT, backend PERMISSIVE by selector: chains per sidecar, mTLS everywhere."""
+    """Mesh-wide STRICT, backend PERMISSIVE by selector: chains per proxy, mTLS everywhere."""
     policies = _policies(MESH_STRICT + """---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -97,9 +97,11 @@ spec:
 """)
     rendered = render_mesh(local_mesh(), security=MeshSecurity("/certs/", policies))
     assert _chains(rendered["sidecar-frontend"]) == ["mtls"]
-    assert _chains(rendered["sidecar-backend"]) == ["mtls", "plaintext"]
+    assert _chains(rendered["sidecar-backend"]) == ["mtls", "plaintext", "tls-passthrough"]
     assert _tls_clusters(rendered["sidecar-frontend"]) == [
-        "outbound|8080||backend.default.svc.cluster.local"]
+        "outbound|8080||backend.default.svc.cluster.local",
+        "outbound|8110||istio-egressgateway.istio-system.svc.cluster.local"]
+    assert _chains(rendered["egress-gateway"], "egress") == ["mtls"]
     assert _tls_clusters(rendered["ingress-gateway"]) == [
         "outbound|8080||frontend.default.svc.cluster.local"]
     assert MeshSecurity("/certs/", policies).tls("ingress-gateway").cert_dir == "/certs/ingress"

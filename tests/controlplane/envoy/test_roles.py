@@ -13,9 +13,11 @@ from envoy.extensions.filters.http.ext_authz.v3.ext_authz_pb2 import ExtAuthzPer
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (  # noqa: E501
     HttpConnectionManager,
 )
+from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import UpstreamTlsContext
 
 from controlplane.envoy.mesh import EGRESS, FRONTEND, INGRESS
 from controlplane.envoy.model import (
+    EgressRoute,
     Endpoint,
     MeshTls,
     MixerServices,
@@ -145,6 +147,43 @@ def test_egress_gateway_forwards_through_the_dns_cache() -> None:
     assert [c.name for c in config.static_resources.clusters] == [
         "egress_dynamic_forward_proxy", "mixer_authz", "mixer_ratelimit", "mixer_telemetry",
         "mixer_tracing"]
+
+
+def test_egress_gateway_with_a_certificate_takes_mesh_mtls_per_its_mode() -> None:
+    """tls: STRICT one mTLS chain, PERMISSIVE mTLS and plaintext (no app to pass TLS to)."""
+    for mode, chains in (("STRICT", ["mtls"]), ("PERMISSIVE", ["mtls", "plaintext"])):
+        config = egress_gateway(EGRESS, SERVICES, ProxyOptions(
+            tls=MeshTls("/certs/egress", mode)), port=8110)  # type: ignore[arg-type]
+        (egress,) = config.static_resources.listeners
+        assert [c.name for c in egress.filter_chains] == chains, mode
+        hcm = HttpConnectionManager()
+        assert egress.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+        # No client certificate is handed to external hosts; client peer headers go first.
+        assert hcm.forward_client_cert_details == HttpConnectionManager.SANITIZE
+        assert hcm.http_filters[0].name == "envoy.filters.http.header_mutation"
+
+
+def test_sidecar_sends_egress_hosts_to_the_gateway_over_istio_mutual() -> None:
+    """EgressRoute: a vhost for the external hosts, Host kept, ISTIO_MUTUAL to the gateway."""
+    egress = EgressRoute.to(Endpoint("127.0.0.1", 8110), ("httpbin.org", "*.example.com"))
+    config = sidecar(FRONTEND, SERVICES, ProxyOptions(tls=MeshTls("/certs/frontend")),
+                     inbound_port=8091, app=Endpoint("127.0.0.1", 8090), outbound_port=8092,
+                     upstreams=[BACKEND_UP], egress=egress)
+    name = "outbound|80||istio-egressgateway.istio-system.svc.cluster.local"
+    vhosts = {v.name: v for v in _hcm(config, "outbound").route_config.virtual_hosts}
+    route = vhosts["egress-gateway"].routes[0].route
+    assert list(vhosts["egress-gateway"].domains) == ["httpbin.org", "*.example.com"]
+    assert route.cluster == name and not route.host_rewrite_literal
+    context = UpstreamTlsContext()
+    assert _cluster(config, name).transport_socket.typed_config.Unpack(context)
+    assert context.sni == "outbound_.80_._.istio-egressgateway.istio-system.svc.cluster.local"
+    (san,) = context.common_tls_context.combined_validation_context.default_validation_context \
+        .match_typed_subject_alt_names
+    assert san.matcher.exact == (
+        "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account")
+    with pytest.raises(ValueError, match="outbound_port"):
+        sidecar_resources(FRONTEND, SERVICES, ProxyOptions(), inbound_port=8091,
+                          app=Endpoint("127.0.0.1", 8090), egress=egress)
 
 
 @pytest.mark.slow

@@ -56,7 +56,7 @@ def test_istio_names(demo: Mesh) -> None:
 
 def test_secrets_and_mtls_only_with_a_certificate(demo: Mesh) -> None:
     """With a workload certificate the proxy gets `default` and `ROOTCA`, and its inbound
-    listener takes mTLS (PERMISSIVE: tls_inspector, an mTLS chain and a plaintext one)."""
+    listener takes mTLS (PERMISSIVE: tls_inspector, mTLS, plaintext and TLS passthrough)."""
     now = datetime.now(UTC)
     ca = create_root("cluster.local", now=now)
     issued = ca.issue(SpiffeId("cluster.local", "default", "backend"), now=now)
@@ -67,7 +67,10 @@ def test_secrets_and_mtls_only_with_a_certificate(demo: Mesh) -> None:
     assert [s.name for s in secure.secrets] == ["default", "ROOTCA"]
     inbound = secure.listeners[0]
     assert [c.filter_chain_match.transport_protocol for c in inbound.filter_chains] == [
-        "tls", "raw_buffer"]
+        "tls", "raw_buffer", "tls"]
+    passthrough = inbound.filter_chains[2]
+    assert not passthrough.filter_chain_match.application_protocols
+    assert passthrough.filters[0].name == "envoy.filters.network.tcp_proxy"
     assert inbound.listener_filters[0].name == "envoy.filters.listener.tls_inspector"
 
 

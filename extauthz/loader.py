@@ -26,6 +26,7 @@ from envoy_mixer.common.yamlsrc import (
     load_file,
     paused_gc,
     pydantic_errors,
+    resources,
     stream_file,
 )
 from extauthz.authn import authentication_model
@@ -330,16 +331,6 @@ def policy_model(doc: SourceDoc, resource: ResourceSpec, namespace: str,
     )
 
 
-def _resources(doc: SourceDoc) -> Iterable[tuple[Where, Any]]:
-    data = doc.data
-    if (isinstance(data, dict) and data.get("kind") == "List"
-            and isinstance(data.get("items"), list)):
-        for i, item in enumerate(data["items"]):
-            yield ("items", i), item
-    else:
-        yield (), data
-
-
 def load_models(docs: Iterable[SourceDoc], *, default_namespace: str = "default",
                 base_dir: Path | None = None) -> ModelSet:
     """The model of every AuthorizationPolicy and RequestAuthentication in ``docs``.
@@ -357,7 +348,7 @@ def load_models(docs: Iterable[SourceDoc], *, default_namespace: str = "default"
         for doc in docs:
             if doc.file not in files:
                 files.append(doc.file)
-            for base, data in _resources(doc):
+            for base, data in resources(doc):
                 try:
                     model = _resource_model(doc, base, data, default_namespace, seen, root)
                 except ConfigErrors as exc:

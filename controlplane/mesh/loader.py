@@ -25,7 +25,7 @@ that Istio's analyzers report (a route to an unknown host, ...) are not load err
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from controlplane.mesh.build import (
 )
 from controlplane.mesh.hosts import DEFAULT_DOMAIN
 from envoy_mixer.common.errors import ConfigError, ConfigErrors
-from envoy_mixer.common.yamlsrc import SourceDoc, config_files, load_documents
+from envoy_mixer.common.yamlsrc import SourceDoc, config_files, load_documents, resources
 
 NETWORKING_VERSIONS = ("networking.istio.io/v1", "networking.istio.io/v1beta1",
                        "networking.istio.io/v1alpha3")
@@ -86,16 +86,6 @@ def _is_resource(data: Any) -> bool:
     return isinstance(data, dict) and ("apiVersion" in data or "kind" in data)
 
 
-def _resources(doc: SourceDoc) -> Iterator[tuple[PathKey, Any]]:
-    data = doc.data
-    if (isinstance(data, dict) and data.get("kind") == "List"
-            and isinstance(data.get("items"), list)):
-        for i, item in enumerate(data["items"]):
-            yield ("items", i), item
-    else:
-        yield (), data
-
-
 def _read(path: Path) -> _Files:
     out = _Files()
     for file in config_files(path):
@@ -135,7 +125,7 @@ def _read(path: Path) -> _Files:
 def _collect(docs: Iterable[SourceDoc], out: _Files) -> None:
     for doc in docs:
         security = False
-        for base, data in _resources(doc):
+        for base, data in resources(doc):
             if not isinstance(data, dict):
                 out.errors.append(doc.error("a document must be a mapping (an Istio resource)",
                                             base))
@@ -180,7 +170,7 @@ def _authz(files: _Files, root: Path) -> Any:
     docs = [d for d in files.security_docs
             if any(isinstance(x, dict) and x.get("kind") in ("AuthorizationPolicy",
                                                               "RequestAuthentication")
-                   for _, x in _resources(d))]
+                   for _, x in resources(d))]
     return compile_documents(docs, base_dir=root)
 
 

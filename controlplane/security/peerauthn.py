@@ -33,6 +33,7 @@ from envoy_mixer.common.yamlsrc import (
     load_documents,
     load_file,
     pydantic_errors,
+    resources,
 )
 
 __all__ = [
@@ -177,16 +178,6 @@ def _compile(doc: SourceDoc, resource: _Resource, namespace: str,
     )
 
 
-def _resources(doc: SourceDoc) -> Iterable[tuple[tuple[str | int, ...], Any]]:
-    data = doc.data
-    if (isinstance(data, dict) and data.get("kind") == "List"
-            and isinstance(data.get("items"), list)):
-        for i, item in enumerate(data["items"]):
-            yield ("items", i), item
-    else:
-        yield (), data
-
-
 def compile_documents(docs: Iterable[SourceDoc], *, default_namespace: str = "default",
                       ) -> tuple[PeerAuthentication, ...]:
     """Every PeerAuthentication in ``docs``, in load order; all errors raised together."""
@@ -194,7 +185,7 @@ def compile_documents(docs: Iterable[SourceDoc], *, default_namespace: str = "de
     errors: list[ConfigError] = []
     seen: dict[tuple[str, str], str] = {}
     for doc in docs:
-        for base, data in _resources(doc):
+        for base, data in resources(doc):
             if not isinstance(data, dict):
                 errors.append(doc.error("a document must be a mapping (a Kubernetes resource)",
                                         base))

@@ -286,6 +286,22 @@ def iter_documents(path: Path) -> Iterator[SourceDoc]:
         yield from load_file(file)
 
 
+def resources(doc: SourceDoc) -> Iterator[tuple[PathKey, Any]]:
+    """The resources of one document, each with its path in the document.
+
+    A Kubernetes ``kind: List`` (what ``kubectl get -o yaml`` exports) holds its resources under
+    ``items``; any other document is one resource at the root. Errors then name the field as
+    ``items[2].spec...``, so a user finds it in the file as written.
+    """
+    data = doc.data
+    if (isinstance(data, dict) and data.get("kind") == "List"
+            and isinstance(data.get("items"), list)):
+        for i, item in enumerate(data["items"]):
+            yield ("items", i), item
+    else:
+        yield (), data
+
+
 def pydantic_errors(doc: SourceDoc, exc: Any, base: Sequence[str | int] = ()) -> ConfigError:
     """Turn a ``pydantic.ValidationError`` into one ConfigError naming file, line and field."""
     from envoy_mixer.common.errors import ConfigErrors

@@ -143,3 +143,15 @@ def test_paused_gc_nests_and_restores_the_collector() -> None:
             assert not gc.isenabled()
         assert not gc.isenabled()
     assert gc.isenabled()
+
+
+def test_resources_unwrap_a_kubernetes_list() -> None:
+    """`kind: List` yields each item with its items[i] path; any other document is one resource."""
+    from envoy_mixer.common.yamlsrc import load_documents, resources
+
+    listed, single = load_documents(
+        "kind: List\nitems:\n- {kind: A}\n- {kind: B}\n---\nkind: C\n", "f.yaml")
+    assert [(path, item["kind"]) for path, item in resources(listed)] == [
+        (("items", 0), "A"), (("items", 1), "B")]
+    assert [(path, item["kind"]) for path, item in resources(single)] == [((), "C")]
+

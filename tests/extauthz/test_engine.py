@@ -9,22 +9,7 @@ import pytest
 from extauthz.engine import explain
 from extauthz.jwt import AuthnOutcome
 from extauthz.matchers import AuthIdentity
-
-NS = {"namespace": "foo", "label.app": "httpbin"}
-
-
-def allow_policy(rule_yaml: str, name: str = "p", ns: str = "foo", action: str = "ALLOW",
-                 extra_meta: str = "") -> str:
-    """One policy document with a single rule given as YAML flow text."""
-    return f"""
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: {name}, namespace: {ns}{extra_meta}}}
-spec:
-  action: {action}
-  rules: [{rule_yaml}]
-"""
-
+from tests.extauthz.policies import NS, allow_policy
 
 # -- evaluation order ----------------------------------------------------------------------
 

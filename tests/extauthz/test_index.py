@@ -9,21 +9,7 @@ import pytest
 
 from extauthz.index import PathIndex
 from extauthz.matchers import Attributes
-
-NS = {"namespace": "foo", "label.app": "httpbin"}
-
-
-def allow_policy(rule_yaml: str, name: str = "p", ns: str = "foo", action: str = "ALLOW",
-                 extra_meta: str = "") -> str:
-    """One policy document with a single rule given as YAML flow text."""
-    return f"""
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: {name}, namespace: {ns}{extra_meta}}}
-spec:
-  action: {action}
-  rules: [{rule_yaml}]
-"""
+from tests.extauthz.policies import NS, allow_policy
 
 
 def test_index_agrees_with_brute_force(h: Any) -> None:

@@ -7,21 +7,7 @@ import re
 from typing import Any
 
 from extauthz.matchers import Template, template_regex
-
-NS = {"namespace": "foo", "label.app": "httpbin"}
-
-
-def allow_policy(rule_yaml: str, name: str = "p", ns: str = "foo", action: str = "ALLOW",
-                 extra_meta: str = "") -> str:
-    """One policy document with a single rule given as YAML flow text."""
-    return f"""
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: {name}, namespace: {ns}{extra_meta}}}
-spec:
-  action: {action}
-  rules: [{rule_yaml}]
-"""
+from tests.extauthz.policies import NS, allow_policy
 
 
 def test_template_match_is_linear_on_hostile_paths(h: Any) -> None:

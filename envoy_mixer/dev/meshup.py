@@ -166,7 +166,8 @@ def render_shifted(src: Path, dest: Path, port_base: int) -> list[str]:
     for path in sorted(src.iterdir()):
         if path.name.startswith(".") or path.suffix not in (".yaml", ".yml"):
             continue
-        with contextlib.suppress(OSError):  # removed while we list: gone next round
+        # Removed while we list, or not text: left out this round (the pilot says why).
+        with contextlib.suppress(OSError, ValueError):
             wanted[path.name] = _shifted_text(path.read_text(), delta, path)
     written: list[str] = []
     for name, text in wanted.items():
@@ -298,7 +299,8 @@ class MeshUp:
         """One supervision round: restarts, and the ``--port-base`` copy kept in step."""
         self.supervisor.poll()
         if self.served_dir != self.mesh_dir and self.port_base is not None:
-            with contextlib.suppress(OSError):
+            # A file that cannot be copied now is copied on a later round.
+            with contextlib.suppress(OSError, ValueError):
                 render_shifted(self.mesh_dir, self.served_dir, self.port_base)
 
     def stop(self) -> None:

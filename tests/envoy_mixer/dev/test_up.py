@@ -288,14 +288,20 @@ def test_metrics_from_both_reporters_and_a_graph_edge(mesh: Mesh) -> None:
 
 @pytest.mark.slow
 def test_proxy_status_finds_the_control_plane_in_the_run_dir(mesh: Mesh) -> None:
-    """`mixer proxy-status --run-dir` (no --xds) lists every Envoy of the mesh, connected."""
+    """`mixer proxy-status --run-dir` (no --xds) lists every Envoy of the mesh, connected, and
+    `mixer proxy-config` shows what was pushed to one."""
     out = subprocess.run(
         [sys.executable, "-m", "envoy_mixer.cli", "proxy-status", "--json",
          "--run-dir", str(mesh.run_dir)], capture_output=True, text=True, check=True,
         timeout=30)
     connected = {p["proxy"] for p in json.loads(out.stdout) if p["connected"]}
-    assert connected == {"frontend-0.default", "backend-0.default",
-                         "istio-ingressgateway.istio-system", "istio-egressgateway.istio-system"}
+    assert connected == PROXIES
+    secrets = subprocess.run(
+        [sys.executable, "-m", "envoy_mixer.cli", "proxy-config", "secrets",
+         "frontend-0.default", "--json", "--run-dir", str(mesh.run_dir)],
+        capture_output=True, text=True, check=True, timeout=30)
+    # The workload certificate the pilot serves over SDS, to the proxy that proved it.
+    assert "spiffe://cluster.local/ns/default/sa/frontend" in secrets.stdout
 
 
 _TEAPOT = """

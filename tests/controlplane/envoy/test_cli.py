@@ -166,3 +166,30 @@ def test_cli_gateways_run_as_istio_service_accounts(capsys: pytest.CaptureFixtur
                      "frontend=127.0.0.1:8091"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["node"]["metadata"]["SERVICE_ACCOUNT"] == "istio-ingressgateway-service-account"
+
+
+def test_cli_egress_hosts_go_to_the_gateway_over_istio_mutual(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--egress-host routes to --egress-gateway, mTLS unless the gateway's policy is DISABLE."""
+    name = "outbound|8110||istio-egressgateway.istio-system.svc.cluster.local"
+    args = ["envoy-config", "--cert-dir", str(tmp_path), "--outbound-port", "15001",
+            "--egress-gateway", "10.0.0.9:8110", "--egress-host", "httpbin.org"]
+    assert cli.main(args) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert "transport_socket" in _cluster(config, name)
+    policy = tmp_path / "pa.yaml"
+    policy.write_text("""\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: egress, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: egressgateway}}
+  mtls: {mode: DISABLE}
+""")
+    # Istio ignores a selector in the root namespace: here istio-system is an ordinary one.
+    assert cli.main([*args, "--peer-authentication", str(policy),
+                     "--root-namespace", "istio-config"]) == 0
+    assert "transport_socket" not in _cluster(yaml.safe_load(capsys.readouterr().out), name)
+    assert cli.main(["envoy-config", "--egress-host", "httpbin.org"]) == 1
+    assert capsys.readouterr().err == (
+        "error: --egress-host needs --egress-gateway HOST:PORT and --outbound-port\n")

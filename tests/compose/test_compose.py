@@ -1,10 +1,10 @@
-"""compose/: no Docker engine runs here, so the compose file is validated statically.
+"""compose/: the compose file, its mesh (compose/mesh/) and its Envoys' bootstraps, statically.
 
 The checks always run in Python (structure, referenced files, names and ports agree with the
-generated Envoy configs); ``docker-compose config -q`` runs too where the client is installed
-(``make test`` installs it). The compose Envoy configs' ``envoy --mode validate`` run lives in
-tests/test_shipped_envoy_configs.py, and tests/controlplane/envoy/test_generated.py pins that they
-are exactly what the generator renders.
+minimal bootstraps and with what the pilot generates from compose/mesh/ for each proxy);
+``docker-compose config -q`` runs too where the client is installed (``make test`` installs
+it). The stack runs for real in test_compose_run.py; the bootstraps' ``envoy --mode validate``
+run lives in tests/test_shipped_envoy_configs.py.
 """
 
 from __future__ import annotations
@@ -19,9 +19,20 @@ from typing import Any
 import pytest
 import yaml
 
+from controlplane.envoy.model import Endpoint, MixerServices
+from controlplane.envoy.shipped import COMPOSE_MESH, compose_bootstraps
+from controlplane.mesh import Mesh, load_mesh
+from controlplane.mesh.analyze import analyze
+from controlplane.pilot import Context, ProxyResources, generate_all, proxies
+from envoy_mixer.cli import main
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "compose"
 COMPOSE = COMPOSE_DIR / "docker-compose.yml"
+MESH_DIR = REPO / COMPOSE_MESH
+EXAMPLE_MESH = REPO / "examples" / "mesh"
+#: The compose mesh's files that differ from examples/mesh (addresses, resolution, binds).
+COMPOSE_FLAVOURED = {"workloads.yaml", "services.yaml", "sidecars.yaml", "gateways.yaml"}
 
 #: Ports the third-party images listen on inside their containers.
 IMAGE_PORTS = {
@@ -29,9 +40,11 @@ IMAGE_PORTS = {
     "jaeger": {4317, 4318, 16686, 14250, 9411},
 }
 REQUIRED = {"ingress", "egress", "frontend", "frontend-sidecar", "backend", "backend-sidecar",
-            "authz", "ratelimit", "telemetry", "redis", "prometheus", "grafana", "jaeger"}
+            "authz", "ratelimit", "telemetry", "redis", "prometheus", "grafana", "jaeger",
+            "certs", "pilot"}
 _SERVICE_KEYS = {"image", "build", "command", "entrypoint", "volumes", "ports", "depends_on",
-                 "environment", "restart"}
+                 "environment", "restart", "network_mode"}
+ENVOYS = ("ingress", "egress", "frontend-sidecar", "backend-sidecar")
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +52,24 @@ def compose() -> dict[str, Any]:
     """The parsed compose file (YAML anchors and merge keys resolved)."""
     data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
     return data
+
+
+@pytest.fixture(scope="module")
+def mesh() -> Mesh:
+    """The compose mesh, as the pilot loads it."""
+    return load_mesh(MESH_DIR)
+
+
+@pytest.fixture(scope="module")
+def served(compose: dict[str, Any], mesh: Mesh) -> dict[str, ProxyResources]:
+    """What the pilot serves each proxy (by NAME.NAMESPACE), wired as its command says."""
+    args = _args(_services(compose)["pilot"])
+    def at(flag: str) -> Endpoint:
+        return Endpoint.parse(str(_flag(args, flag)))
+
+    services = MixerServices(authz=at("--authz"), ratelimit=at("--ratelimit"),
+                             telemetry=at("--telemetry"))
+    return generate_all(mesh, Context(services=services, mtls=True))
 
 
 def _services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -79,22 +110,52 @@ def _flag(args: list[str], flag: str) -> str | None:
     return args[args.index(flag) + 1] if flag in args else None
 
 
-def _listening(compose: dict[str, Any]) -> dict[str, set[int]]:
-    """Ports each service listens on, read from its command or its Envoy config."""
+def _args(service: dict[str, Any]) -> list[str]:
+    return [str(a) for a in service.get("command", [])]
+
+
+def _netns(name: str, service: dict[str, Any]) -> str:
+    """The service whose network namespace (and DNS name) ``name`` runs in."""
+    mode = str(service.get("network_mode", ""))
+    return mode.removeprefix("service:") if mode.startswith("service:") else name
+
+
+def _proxy_key(envoy: dict[str, Any]) -> str:
+    """NAME.NAMESPACE of the WorkloadEntry a bootstrap's node claims (Istio's node id)."""
+    return str(envoy["node"]["id"].split("~")[2])
+
+
+def _sockets(service: dict[str, Any], served: dict[str, ProxyResources]) -> set[tuple[str, int]]:
+    """(bind address, port) of everything a service listens on: flags of its command, or
+    Envoy's admin and the listeners the pilot serves it."""
+    out = set()
+    args = _args(service)
+    for flag in ("--listen", "--admin"):
+        if (value := _flag(args, flag)) is not None:
+            host, _, port = value.rpartition(":")
+            out.add((host, int(port)))
+    if (app_port := _flag(args, "--port")) is not None:
+        out.add((_flag(args, "--host") or "0.0.0.0", int(app_port)))
+    envoy = _envoy_config(service)
+    if envoy is not None:
+        admin = envoy["admin"]["address"]["socket_address"]
+        out.add((admin["address"], admin["port_value"]))
+        for listener in served[_proxy_key(envoy)].listeners:
+            sock = listener.address.socket_address
+            out.add((sock.address, sock.port_value))
+    return out
+
+
+def _listening(compose: dict[str, Any], served: dict[str, ProxyResources], *,
+               local: bool = False) -> dict[str, set[int]]:
+    """Ports reachable at each compose service name (a sidecar's count for its app's name);
+    ``local``: also what listens on loopback there (reachable from that namespace only)."""
     out: dict[str, set[int]] = {}
     for name, service in _services(compose).items():
-        ports = set(IMAGE_PORTS.get(name, set()))
-        args = [str(a) for a in service.get("command", [])]
-        for flag in ("--listen", "--admin", "--port"):
-            value = _flag(args, flag)
-            if value is not None:
-                ports.add(int(value.rpartition(":")[2]))
-        envoy = _envoy_config(service)
-        if envoy is not None:
-            ports.add(envoy["admin"]["address"]["socket_address"]["port_value"])
-            for listener in envoy["static_resources"]["listeners"]:
-                ports.add(listener["address"]["socket_address"]["port_value"])
-        out[name] = ports
+        ports = out.setdefault(_netns(name, service), set())
+        ports |= IMAGE_PORTS.get(name, set())
+        ports |= {port for host, port in _sockets(service, served)
+                  if local or not host.startswith("127.")}
     return out
 
 
@@ -108,14 +169,86 @@ def test_services_are_complete_and_well_formed(compose: dict[str, Any]) -> None:
         assert "image" in service or "build" in service, name
         for dep in service.get("depends_on", []):
             assert dep in services, f"{name} depends on undefined {dep}"
+        owner = _netns(name, service)
+        assert owner in services and _netns(owner, services[owner]) == owner, name
+        if owner != name:
+            # Joined to another namespace: no ports of its own to publish.
+            assert "ports" not in service and owner in service["depends_on"], name
 
 
 def test_envoy_services_use_the_official_1_40_image(compose: dict[str, Any]) -> None:
     """Proxies run envoyproxy/envoy v1.40 with a generated config mounted."""
-    for name in ("ingress", "egress", "frontend-sidecar", "backend-sidecar"):
+    for name in ENVOYS:
         service = _services(compose)[name]
         assert service["image"].startswith("envoyproxy/envoy:v1.40"), name
         assert _envoy_config(service) is not None, name
+
+
+def test_compose_mesh_loads_and_analyzes_clean(mesh: Mesh) -> None:
+    """compose/mesh/ loads as the pilot loads it and the analyzer has no findings."""
+    assert not analyze(mesh), [str(f) for f in analyze(mesh)]
+    assert {p.key for p in proxies(mesh)} == {
+        "frontend-0.default", "backend-0.default", "istio-ingressgateway.istio-system",
+        "istio-egressgateway.istio-system"}
+
+
+def test_compose_mesh_is_the_demo_mesh_with_compose_addresses() -> None:
+    """Besides the four files that place workloads, compose/mesh/ says what examples/mesh/
+    says (the same YAML documents; comments may differ)."""
+    ours = {p.name for p in MESH_DIR.glob("*.yaml")}
+    assert ours == {p.name for p in EXAMPLE_MESH.glob("*.yaml")}
+    for name in sorted(ours - COMPOSE_FLAVOURED):
+        mine = list(yaml.safe_load_all((MESH_DIR / name).read_text()))
+        theirs = list(yaml.safe_load_all((EXAMPLE_MESH / name).read_text()))
+        assert mine == theirs, f"compose/mesh/{name} differs from examples/mesh/{name}: change both"
+
+
+def test_every_envoy_starts_from_the_minimal_bootstrap(
+        compose: dict[str, Any], mesh: Mesh) -> None:
+    """Each Envoy mounts its checked-in minimal bootstrap (no listeners, ADS from the pilot),
+    a WorkloadEntry of the mesh, with its admin on the container's loopback."""
+    expected = compose_bootstraps(REPO)
+    stale = [rel for rel, text in expected.items() if (REPO / rel).read_text() != text]
+    assert not stale, f"regenerate with `mixer envoy-config --write-shipped`: {stale}"
+    keys = {p.key for p in proxies(mesh)}
+    claimed = []
+    for name in ENVOYS:
+        [(host, _)] = [m for m in _mounts(_services(compose)[name])
+                       if m[1] == "/etc/envoy/envoy.yaml"]
+        assert host.relative_to(REPO).as_posix() in expected, name
+        envoy = _envoy_config(_services(compose)[name])
+        assert envoy is not None
+        assert "listeners" not in envoy["static_resources"], name
+        assert [c["name"] for c in envoy["static_resources"]["clusters"]] == ["xds-grpc"], name
+        assert envoy["dynamic_resources"]["ads_config"]["grpc_services"] == [
+            {"envoy_grpc": {"cluster_name": "xds-grpc"}}], name
+        assert envoy["admin"]["address"]["socket_address"]["address"] == "127.0.0.1", name
+        assert _proxy_key(envoy) in keys, name
+        claimed.append(_proxy_key(envoy))
+    assert sorted(claimed) == sorted(keys)
+
+
+def test_bootstraps_are_what_envoy_config_xds_renders(
+        compose: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """`mixer envoy-config-xds` renders each bootstrap (the SAN pin aside: the CLI reads it
+    from a certificate that only exists once the stack's certs service has run)."""
+    for name in ENVOYS:
+        envoy = _envoy_config(_services(compose)[name])
+        assert envoy is not None
+        [xds] = envoy["static_resources"]["clusters"]
+        tls = xds["transport_socket"]["typed_config"]["common_tls_context"]
+        cert_path = tls["tls_certificate_sds_secret_configs"][0]["sds_config"][
+            "path_config_source"]["watched_directory"]["path"]
+        sock = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+            "address"]["socket_address"]
+        admin = envoy["admin"]["address"]["socket_address"]
+        assert main(["envoy-config-xds", "--xds", f"{sock['address']}:{sock['port_value']}",
+                     "--workload", _proxy_key(envoy), "--mesh", str(MESH_DIR),
+                     "--cert-dir", cert_path,
+                     "--admin", f"{admin['address']}:{admin['port_value']}"]) == 0
+        rendered = yaml.safe_load(capsys.readouterr().out)
+        del tls["combined_validation_context"]["default_validation_context"]
+        assert rendered == envoy, name
 
 
 def test_every_referenced_file_exists(compose: dict[str, Any]) -> None:
@@ -133,19 +266,23 @@ def test_every_referenced_file_exists(compose: dict[str, Any]) -> None:
                 assert (context / source).exists(), source
 
 
-ENVOYS = ("ingress", "egress", "frontend-sidecar", "backend-sidecar")
-
-
-def test_certs_service_feeds_every_envoy_its_certificate(compose: dict[str, Any]) -> None:
+def test_certs_service_issues_each_envoy_its_bootstrap_certificate(
+        compose: dict[str, Any], mesh: Mesh) -> None:
     """The one-shot certs service writes mesh-certs; each Envoy mounts it read-only, waits for
-    it, and its config reads its certificate from there."""
+    it, and presents the pilot the certificate issued for the identity its node claims."""
     services = _services(compose)
     certs = services["certs"]
     assert "build" in certs and certs["restart"] == "no"
     assert _named_volumes(certs)["/etc/istio/certs"] == "mesh-certs:rw"
+    assert _named_volumes(certs)["/var/lib/mesh-ca"] == "mesh-ca:rw"
     script = certs["command"][0]
     assert "mixer ca init --dir /var/lib/mesh-ca" in script
+    # `issue NAMESPACE SERVICE_ACCOUNT DIR` lines: directory -> identity.
+    issued = {d: (ns, sa) for ns, sa, d in re.findall(r"^\s*issue ([\w-]+) ([\w-]+) ([\w-]+)$",
+                                                      script, re.MULTILINE)}
     assert set(compose["volumes"]) == {"mesh-ca", "mesh-certs"}
+    accounts = {f"{w.name}.{w.namespace}": (w.namespace, w.service_account)
+                for w in mesh.workloads}
     for name in ENVOYS:
         service = services[name]
         assert _named_volumes(service)["/etc/istio/certs"] == "mesh-certs:ro", name
@@ -154,50 +291,110 @@ def test_certs_service_feeds_every_envoy_its_certificate(compose: dict[str, Any]
         envoy = _envoy_config(service)
         assert envoy is not None
         dirs = set(re.findall(r"/etc/istio/certs/([\w-]+)/default\.json", yaml.safe_dump(envoy)))
-        # The egress gateway has no mesh hop yet (workloads reach it in plaintext).
-        assert len(dirs) == (0 if name == "egress" else 1), (name, dirs)
-        # The certs service issues that directory.
-        assert all(f" {d}\n" in script for d in dirs), name
+        assert len(dirs) == 1, (name, dirs)
+        [cert_dir] = dirs
+        # The pilot refuses a certificate of another identity than the WorkloadEntry's.
+        assert issued.get(cert_dir) == accounts[_proxy_key(envoy)], name
 
 
-def test_envoy_clusters_point_at_compose_services(compose: dict[str, Any]) -> None:
-    """Each cluster endpoint in a compose Envoy config is a service name and a port it serves."""
-    listening = _listening(compose)
+def test_pilot_serves_the_compose_mesh_with_the_mesh_ca(
+        compose: dict[str, Any], served: dict[str, ProxyResources]) -> None:
+    """The pilot reads compose/mesh/ and the CA (read-only) after certs has run, and points
+    the Envoys at our services where they listen."""
+    services = _services(compose)
+    pilot = services["pilot"]
+    args = _args(pilot)
+    assert "build" in pilot and args[0] == "pilot"
+    mounts = {container: host for host, container in _mounts(pilot)}
+    assert mounts[str(_flag(args, "--mesh"))] == MESH_DIR
+    assert _named_volumes(pilot)[str(_flag(args, "--ca-dir"))] == "mesh-ca:ro"
+    assert pilot["depends_on"]["certs"] == {"condition": "service_completed_successfully"}
+    for name in ENVOYS:
+        assert services[name]["depends_on"]["pilot"] == {"condition": "service_started"}, name
+    listening = _listening(compose, served)
+    for flag in ("--authz", "--ratelimit", "--telemetry"):
+        target = Endpoint.parse(str(_flag(args, flag)))
+        assert target.port in listening[target.host], (flag, target)
+    # The services read the policies and limits that the pilot derives Envoy's actions from.
+    for name, flag in (("authz", "--policy"), ("ratelimit", "--config"),
+                       ("telemetry", "--config")):
+        path = Path(str(_flag(_args(services[name]), flag)))
+        service_mounts = {container: host for host, container in _mounts(services[name])}
+        assert service_mounts[str(path.parent)] / path.name == MESH_DIR / path.name, name
+
+
+def test_bootstrap_clusters_point_at_the_pilot(
+        compose: dict[str, Any], served: dict[str, ProxyResources]) -> None:
+    """Each bootstrap's only cluster, xds-grpc, is the pilot service on its xDS port."""
+    listening = _listening(compose, served)
+    xds = str(_flag(_args(_services(compose)["pilot"]), "--listen"))
+    for name in ENVOYS:
+        envoy = _envoy_config(_services(compose)[name])
+        assert envoy is not None
+        [cluster] = envoy["static_resources"]["clusters"]
+        [group] = cluster["load_assignment"]["endpoints"]
+        [lb] = group["lb_endpoints"]
+        sock = lb["endpoint"]["address"]["socket_address"]
+        assert sock["address"] == "pilot" and sock["address"] in listening, name
+        assert sock["port_value"] == int(xds.rpartition(":")[2]), name
+
+
+def test_served_clusters_point_at_compose_services(
+        compose: dict[str, Any], mesh: Mesh, served: dict[str, ProxyResources]) -> None:
+    """Each endpoint the pilot gives a proxy (DNS clusters, EDS) is a compose service name and
+    a port served there, or an external service of the mesh; each app is where its sidecar
+    sends inbound traffic."""
+    listening = _listening(compose, served)
+    local = _listening(compose, served, local=True)
+    external = {s.host for s in mesh.services if s.location == "MESH_EXTERNAL"}
+    owner = {_proxy_key(envoy): _netns(name, service)
+             for name, service in _services(compose).items()
+             if (envoy := _envoy_config(service)) is not None}
     checked = 0
-    for name, service in _services(compose).items():
-        envoy = _envoy_config(service)
-        if envoy is None:
-            continue
-        for cluster in envoy["static_resources"]["clusters"]:
-            if "load_assignment" not in cluster:
-                continue  # the egress dynamic forward proxy resolves external hosts
-            for group in cluster["load_assignment"]["endpoints"]:
-                for lb in group["lb_endpoints"]:
-                    sock = lb["endpoint"]["address"]["socket_address"]
-                    host, port = sock["address"], sock["port_value"]
-                    assert host in listening, f"{name}: {cluster['name']} -> unknown {host}"
-                    assert port in listening[host], f"{name}: {host}:{port} not served"
+    for key, resources in served.items():
+        assignments = [c.load_assignment for c in resources.clusters]
+        assignments += list(resources.endpoints)
+        for assignment in assignments:
+            for group in assignment.endpoints:
+                for lb in group.lb_endpoints:
+                    sock = lb.endpoint.address.socket_address
+                    host, port = sock.address, sock.port_value
+                    where = f"{key}: {assignment.cluster_name} -> {host}:{port}"
+                    if host in external:
+                        continue
+                    if host.startswith("127."):
+                        # The inbound cluster: the app in the sidecar's namespace.
+                        assert port in local[owner[key]], where
+                    else:
+                        assert host in listening, where
+                        assert port in listening[host], where
                     checked += 1
     assert checked >= 12
 
 
-def test_published_and_internal_addresses_agree(compose: dict[str, Any]) -> None:
-    """Published ports are served in the container; the demo's calls and Redis URL resolve."""
+def test_published_and_internal_addresses_agree(
+        compose: dict[str, Any], served: dict[str, ProxyResources]) -> None:
+    """Published ports are served in the container; the demo's calls and Redis URL resolve
+    (a loopback URL to what listens in the caller's own namespace: its sidecar)."""
     services = _services(compose)
-    listening = _listening(compose)
+    listening = _listening(compose, served)
+    local = _listening(compose, served, local=True)
     for name, service in services.items():
         for mapping in service.get("ports", []):
             container = int(str(mapping).rpartition(":")[2])
             assert container in listening[name], f"{name} publishes unserved {container}"
     urls = []
-    for service in services.values():
-        args = [str(a) for a in service.get("command", [])]
-        urls += [v for f in ("--call", "--redis-url") if (v := _flag(args, f))]
+    for name, service in services.items():
+        args = _args(service)
+        urls += [(name, v) for f in ("--call", "--redis-url") if (v := _flag(args, f))]
     assert urls
-    for url in urls:
-        match = re.match(r"\w+://([\w-]+):(\d+)", url)
+    for name, url in urls:
+        match = re.match(r"\w+://([\w.-]+):(\d+)", url)
         assert match, url
-        assert int(match[2]) in listening[match[1]], url
+        if match[1].startswith("127."):
+            assert int(match[2]) in local[name], url
+        else:
+            assert int(match[2]) in listening[match[1]], url
 
 
 def _admin_ports(service: dict[str, Any]) -> set[int]:
@@ -236,10 +433,11 @@ def test_no_admin_port_is_published_beyond_loopback(compose: dict[str, Any]) -> 
     assert checked >= 3
 
 
-def test_prometheus_scrapes_running_services(compose: dict[str, Any]) -> None:
+def test_prometheus_scrapes_running_services(
+        compose: dict[str, Any], served: dict[str, ProxyResources]) -> None:
     """Every Prometheus static target is a compose service and a port it serves."""
     config = yaml.safe_load((COMPOSE_DIR / "prometheus" / "prometheus.yml").read_text())
-    listening = _listening(compose)
+    listening = _listening(compose, served)
     targets = [t for job in config["scrape_configs"] for sc in job.get("static_configs", [])
                for t in sc["targets"]]
     assert targets
@@ -264,9 +462,10 @@ def test_docker_compose_accepts_the_file() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_grafana_provisioning_matches_the_mounts(compose: dict[str, Any]) -> None:
+def test_grafana_provisioning_matches_the_mounts(
+        compose: dict[str, Any], served: dict[str, ProxyResources]) -> None:
     """Grafana's datasource URL is Prometheus in compose; its dashboard path is the mount."""
-    listening = _listening(compose)
+    listening = _listening(compose, served)
     provisioning = COMPOSE_DIR / "grafana" / "provisioning"
     sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())
     for source in sources["datasources"]:

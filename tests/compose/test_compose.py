@@ -193,8 +193,8 @@ def test_compose_mesh_loads_and_analyzes_clean(mesh: Mesh) -> None:
 
 
 def test_compose_mesh_is_the_demo_mesh_with_compose_addresses() -> None:
-    """Besides the four files that place workloads, compose/mesh/ says what examples/mesh/
-    says (the same YAML documents; comments may differ)."""
+    """Apart from the four files placing workloads, compose/mesh/ has examples/mesh/'s YAML."""
+    # Documents, not text: a comment-only edit of examples/mesh need not be copied here.
     ours = {p.name for p in MESH_DIR.glob("*.yaml")}
     assert ours == {p.name for p in EXAMPLE_MESH.glob("*.yaml")}
     for name in sorted(ours - COMPOSE_FLAVOURED):
@@ -205,8 +205,7 @@ def test_compose_mesh_is_the_demo_mesh_with_compose_addresses() -> None:
 
 def test_every_envoy_starts_from_the_minimal_bootstrap(
         compose: dict[str, Any], mesh: Mesh) -> None:
-    """Each Envoy mounts its checked-in minimal bootstrap (no listeners, ADS from the pilot),
-    a WorkloadEntry of the mesh, with its admin on the container's loopback."""
+    """Each Envoy mounts its generated minimal bootstrap for one WorkloadEntry, admin on lo."""
     expected = compose_bootstraps(REPO)
     stale = [rel for rel, text in expected.items() if (REPO / rel).read_text() != text]
     assert not stale, f"regenerate with `mixer envoy-config --write-shipped`: {stale}"
@@ -230,8 +229,9 @@ def test_every_envoy_starts_from_the_minimal_bootstrap(
 
 def test_bootstraps_are_what_envoy_config_xds_renders(
         compose: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    """`mixer envoy-config-xds` renders each bootstrap (the SAN pin aside: the CLI reads it
-    from a certificate that only exists once the stack's certs service has run)."""
+    """`mixer envoy-config-xds` renders each bootstrap, the pinned pilot SAN aside."""
+    # The CLI reads the SAN's trust domain from the certificate, which only exists once the
+    # stack's certs service has run; the shipped files pin it from the trust domain.
     for name in ENVOYS:
         envoy = _envoy_config(_services(compose)[name])
         assert envoy is not None
@@ -268,8 +268,7 @@ def test_every_referenced_file_exists(compose: dict[str, Any]) -> None:
 
 def test_certs_service_issues_each_envoy_its_bootstrap_certificate(
         compose: dict[str, Any], mesh: Mesh) -> None:
-    """The one-shot certs service writes mesh-certs; each Envoy mounts it read-only, waits for
-    it, and presents the pilot the certificate issued for the identity its node claims."""
+    """Each Envoy waits for certs and presents the certificate of the identity it claims."""
     services = _services(compose)
     certs = services["certs"]
     assert "build" in certs and certs["restart"] == "no"
@@ -299,8 +298,7 @@ def test_certs_service_issues_each_envoy_its_bootstrap_certificate(
 
 def test_pilot_serves_the_compose_mesh_with_the_mesh_ca(
         compose: dict[str, Any], served: dict[str, ProxyResources]) -> None:
-    """The pilot reads compose/mesh/ and the CA (read-only) after certs has run, and points
-    the Envoys at our services where they listen."""
+    """The pilot serves compose/mesh/ with the CA read-only and our services' addresses."""
     services = _services(compose)
     pilot = services["pilot"]
     args = _args(pilot)
@@ -341,9 +339,8 @@ def test_bootstrap_clusters_point_at_the_pilot(
 
 def test_served_clusters_point_at_compose_services(
         compose: dict[str, Any], mesh: Mesh, served: dict[str, ProxyResources]) -> None:
-    """Each endpoint the pilot gives a proxy (DNS clusters, EDS) is a compose service name and
-    a port served there, or an external service of the mesh; each app is where its sidecar
-    sends inbound traffic."""
+    """Every endpoint the pilot serves is a compose service's port (or an external host)."""
+    # Inbound clusters point at 127.0.0.1: the app, in the sidecar's network namespace.
     listening = _listening(compose, served)
     local = _listening(compose, served, local=True)
     external = {s.host for s in mesh.services if s.location == "MESH_EXTERNAL"}
@@ -374,8 +371,8 @@ def test_served_clusters_point_at_compose_services(
 
 def test_published_and_internal_addresses_agree(
         compose: dict[str, Any], served: dict[str, ProxyResources]) -> None:
-    """Published ports are served in the container; the demo's calls and Redis URL resolve
-    (a loopback URL to what listens in the caller's own namespace: its sidecar)."""
+    """Published ports are served in the container; the demo's calls and Redis URL resolve."""
+    # A loopback URL reaches what listens in the caller's own namespace: its sidecar.
     services = _services(compose)
     listening = _listening(compose, served)
     local = _listening(compose, served, local=True)

@@ -11,13 +11,16 @@ an egress gateway). What runs:
   serves each workload's certificate over SDS. It records its addresses in
   ``<run>/pilot.json``, which ``mixer proxy-status`` / ``proxy-config`` read.
 - authz on the mesh's policy file, ratelimit on its limits file, telemetry on its telemetry
-  file: each hot-reloads the same files the pilot reads.
+  file: each hot-reloads the same files the pilot reads. Which files is decided at start
+  (:func:`service_files`): policies spread over several files, or none yet, make authz read
+  the whole directory, so a policy file added later is read too.
 - One Envoy per WorkloadEntry from the minimal bootstrap (node + ``xds-grpc``), with a
   bootstrap certificate from the run directory's mesh CA so it can prove its identity on the
   xDS connection.
 - For the demo only, the two demo apps; a user's apps (``--mesh DIR``) run as they already do.
 
-No edit restarts an Envoy: the PIDs in ``<run>/pids.json`` stay the same. With
+No edit restarts an Envoy: the PIDs in ``<run>/pids.json`` stay the same. A child that
+exits is started again with backoff, and none outlives ``mixer up`` (see the supervisor). With
 ``--port-base N`` the files' bound ports (8080-8119, ``local_mesh``'s layout) are moved to
 N + (port - 8080) in a copy under ``<run>/mesh``, kept in step with the user's files, which are
 never touched.
@@ -566,11 +569,11 @@ def describe(run: MeshUp, curls: Sequence[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def watch(run: MeshUp, out: TextIO, interval: float = 0.25,
+def watch(run: MeshUp, interval: float = 0.25,
           should_stop: Callable[[], bool] = lambda: False) -> int:
     """Supervise until interrupted: restarts with backoff, the ``--port-base`` copy in step.
-    Edits need nothing here: the pilot and the services watch the files themselves."""
-    del out  # events go through the supervisor's on_event
+    Edits need nothing here: the pilot and the services watch the files themselves. Events
+    go to the supervisor's ``on_event``."""
     while not should_stop():
         run.poll()
         time.sleep(interval)

@@ -295,7 +295,7 @@ def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                           file=out)
                     return 0
                 return 0 if check_at(run.ingress_url, out) else 1
-            return meshup.watch(run, out)
+            return meshup.watch(run)
         except KeyboardInterrupt:
             print("\nstopping...", file=out)
             return 0

@@ -383,7 +383,8 @@ def test_published_and_internal_addresses_agree(
     urls = []
     for name, service in services.items():
         args = _args(service)
-        urls += [(name, v) for f in ("--call", "--redis-url") if (v := _flag(args, f))]
+        urls += [(_netns(name, service), v)
+                 for f in ("--call", "--redis-url") if (v := _flag(args, f))]
     assert urls
     for name, url in urls:
         match = re.match(r"\w+://([\w.-]+):(\d+)", url)

@@ -240,8 +240,11 @@ def register(subparsers: Any) -> None:
     """Add ``mixer up``."""
     p = subparsers.add_parser(
         "up", help="start a local demo mesh (Envoys, demo apps, the three services)",
-        description="Start a local mesh: ingress gateway, frontend and backend behind "
-                    "sidecars, and the authz, ratelimit and telemetry services.",
+        description="Start a local mesh on the control plane: mixer pilot serving the "
+                    "demo mesh (ingress gateway, frontend and backend behind sidecars, an "
+                    "egress gateway) or your own (--mesh DIR), the authz, ratelimit and "
+                    "telemetry services, and one Envoy per WorkloadEntry. Edits of the mesh "
+                    "files apply live.",
     )
     p.add_argument("--mesh", type=Path, default=None, metavar="DIR",
                    help="run your own mesh (Istio's files, policies, limits, telemetry): the "
@@ -252,8 +255,10 @@ def register(subparsers: Any) -> None:
                         "editable copy of the packaged examples in "
                         "~/.config/envoy-mixer/examples)")
     p.add_argument("--port-base", type=int, default=None, metavar="N",
-                   help="move every port to N+offset (default: ingress 8080, services on "
-                        "their usual ports)")
+                   help="move every port to N+offset: the mesh files' bound ports 8080-8119 "
+                        "(in a copy in the run dir), the services' (N+40..45) and the control "
+                        "plane's (N+46, N+47) (default: as in the files, services on their "
+                        "usual ports, the control plane on 15010/15014)")
     p.add_argument("--redis-url", default=None, metavar="URL",
                    help="count rate limits in Redis instead of memory")
     p.add_argument("--run-dir", type=Path, default=Path(".mixer-run"), metavar="DIR",
@@ -262,7 +267,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds to wait for the mesh to become healthy (default 30)")
     p.add_argument("--check", action="store_true",
-                   help="bring the mesh up, run the three demo requests, assert, exit")
+                   help="bring the mesh up, run the three demo requests, assert, exit "
+                        "(with --mesh: exit once every Envoy is ready)")
     p.set_defaults(func=run_up)
 
 

@@ -474,3 +474,15 @@ def test_grafana_provisioning_matches_the_mounts(
         for provider in yaml.safe_load(file.read_text())["providers"]:
             assert provider["options"]["path"] in mounted, provider["options"]["path"]
     assert list((COMPOSE_DIR / "grafana" / "dashboards").glob("*.json"))
+
+
+def test_bootstrap_certificates_are_renewed_while_the_stack_runs(compose: dict[str, Any]) -> None:
+    """certs-rotator reruns the certs script (renew past half-life) in a loop, on the same
+    volumes, so a proxy reconnecting after the 24 h lifetime is not refused by the pilot."""
+    services = _services(compose)
+    once, rotator = services["certs"], services["certs-rotator"]
+    assert rotator["command"][1] == once["command"][0]
+    assert rotator["command"][0].startswith("while sleep ")
+    assert "rotate --once" in once["command"][0]
+    assert rotator["volumes"] == once["volumes"]
+    assert rotator["restart"] == "unless-stopped"

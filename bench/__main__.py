@@ -10,7 +10,7 @@ import importlib
 import sys
 import time
 
-SUITES = ("ratelimit", "authz", "telemetry", "cli", "xds")
+SUITES = ("ratelimit", "authz", "telemetry", "cli", "xds", "up")
 
 
 def main(argv: list[str]) -> int:

@@ -56,6 +56,7 @@ from controlplane.xds.bootstrap import xds_bootstrap
 from controlplane.xds.identity import PILOT_IDENTITY
 from envoy_mixer.common.errors import ConfigError, MixerError
 from envoy_mixer.dev import procs
+from envoy_mixer.dev.errors import UpError
 from envoy_mixer.dev.ports import describe_port
 from envoy_mixer.dev.supervisor import ChildSpec, Event, ProcessError, Supervisor
 
@@ -75,10 +76,6 @@ _DEMO_ADMIN = {"frontend-0": "frontend", "backend-0": "backend",
                "istio-ingressgateway": "ingress", "istio-egressgateway": "egress"}
 #: Where the supervisor records every child's PID (a test checks no edit restarts an Envoy).
 PID_FILE = "pids.json"
-
-
-class UpError(MixerError):
-    """``mixer up`` cannot start: a clear, user-facing reason."""
 
 
 def pilot_ports(port_base: int | None) -> tuple[int, int]:

@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from controlplane.envoy.mesh import Mesh
-from envoy_mixer.dev import meshup
-from envoy_mixer.dev.meshup import UpError
+from envoy_mixer.dev.errors import UpError
+
+if TYPE_CHECKING:
+    from controlplane.envoy.mesh import Mesh
 
 __all__ = ["EXAMPLE_FILES", "MESH_DIR", "Response", "UpError", "check_at", "curls_at",
            "find_examples", "http_get", "install_examples", "main", "mesh_ports", "register",
@@ -274,6 +275,9 @@ def register(subparsers: Any) -> None:
 
 def run_up(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Handler of ``mixer up``: the demo mesh, or ``--mesh DIR``, on the control plane."""
+    # Imported here, not at the top: `mixer up --help` must not load the control plane.
+    from envoy_mixer.dev import meshup
+
     started = time.monotonic()
     with _terminate_on_sigterm():
         try:

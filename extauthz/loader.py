@@ -23,7 +23,6 @@ from envoy_mixer.common.yamlsrc import (
     SourceDoc,
     config_files,
     load_documents,
-    load_file,
     paused_gc,
     pydantic_errors,
     resources,
@@ -401,20 +400,6 @@ def _resource_model(doc: SourceDoc, base: Where, data: Any, default_namespace: s
                                 _scope(doc, spec, base), base, root)
 
 
-def read_documents(path: Path) -> list[SourceDoc]:
-    """Every YAML document under a file or directory; raises ConfigError(s)."""
-    docs: list[SourceDoc] = []
-    errors: list[ConfigError] = []
-    for file in config_files(Path(path)):
-        try:
-            docs.extend(load_file(file))
-        except ConfigError as exc:
-            errors.append(exc)
-    if errors:
-        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
-    return docs
-
-
 def load_path_models(path: Path, *, default_namespace: str = "default") -> ModelSet:
     """The model of a file or directory, reading one YAML document at a time.
 
@@ -454,5 +439,5 @@ def load_model_text(text: str, file: str = "policy.yaml", **kwargs: Any) -> Mode
 
 __all__ = [
     "OPERATION_FIELDS", "SIMPLE_KEYS", "SOURCE_FIELDS", "SUPPORTED_CONDITION_KEYS",
-    "load_model_text", "load_models", "load_path_models", "policy_model", "read_documents",
+    "load_model_text", "load_models", "load_path_models", "policy_model",
 ]

@@ -29,10 +29,9 @@ from envoy_mixer.common.errors import ConfigError, ConfigErrors
 from envoy_mixer.common.logs import log_event
 from envoy_mixer.common.yamlsrc import (
     SourceDoc,
-    config_files,
     load_documents,
-    load_file,
     pydantic_errors,
+    read_documents,
     resources,
 )
 
@@ -226,16 +225,7 @@ def compile_documents(docs: Iterable[SourceDoc], *, default_namespace: str = "de
 def load_peer_authentications(path: Path, *, default_namespace: str = "default",
                               ) -> tuple[PeerAuthentication, ...]:
     """Load a YAML file or a directory of them (by file name); raises ConfigError."""
-    docs: list[SourceDoc] = []
-    errors: list[ConfigError] = []
-    for file in config_files(Path(path)):
-        try:
-            docs.extend(load_file(file))
-        except ConfigError as exc:
-            errors.append(exc)
-    if errors:
-        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
-    return compile_documents(docs, default_namespace=default_namespace)
+    return compile_documents(read_documents(Path(path)), default_namespace=default_namespace)
 
 
 def load_text(text: str, file: str = "peerauthn.yaml", *,

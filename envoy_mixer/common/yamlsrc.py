@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from envoy_mixer.common.errors import ConfigError
+from envoy_mixer.common.errors import ConfigError, ConfigErrors
 
 PathKey = tuple[str | int, ...]
 
@@ -286,6 +286,24 @@ def iter_documents(path: Path) -> Iterator[SourceDoc]:
         yield from load_file(file)
 
 
+def read_documents(path: Path) -> list[SourceDoc]:
+    """Every YAML document under a file or directory, reading every file before failing.
+
+    A directory with several bad files reports all of them at once (``ConfigErrors``), each
+    with its file and line; one bad file raises its ``ConfigError`` as is.
+    """
+    docs: list[SourceDoc] = []
+    errors: list[ConfigError] = []
+    for file in config_files(Path(path)):
+        try:
+            docs.extend(load_file(file))
+        except ConfigError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+    return docs
+
+
 def resources(doc: SourceDoc) -> Iterator[tuple[PathKey, Any]]:
     """The resources of one document, each with its path in the document.
 
@@ -304,8 +322,6 @@ def resources(doc: SourceDoc) -> Iterator[tuple[PathKey, Any]]:
 
 def pydantic_errors(doc: SourceDoc, exc: Any, base: Sequence[str | int] = ()) -> ConfigError:
     """Turn a ``pydantic.ValidationError`` into one ConfigError naming file, line and field."""
-    from envoy_mixer.common.errors import ConfigErrors
-
     errors = []
     for err in exc.errors():
         loc = tuple(base) + tuple(p for p in err["loc"] if isinstance(p, (str, int)))

@@ -155,3 +155,19 @@ def test_resources_unwrap_a_kubernetes_list() -> None:
         (("items", 0), "A"), (("items", 1), "B")]
     assert [(path, item["kind"]) for path, item in resources(single)] == [((), "C")]
 
+
+def test_read_documents_reports_every_bad_file(tmp_path: Path) -> None:
+    """A directory with two bad files fails once, naming both; a good one gives its documents."""
+    from envoy_mixer.common.errors import ConfigErrors
+    from envoy_mixer.common.yamlsrc import read_documents
+
+    (tmp_path / "a.yaml").write_text("a: [1\n")
+    (tmp_path / "b.yaml").write_text("b: {\n")
+    with pytest.raises(ConfigErrors) as info:
+        read_documents(tmp_path)
+    assert "a.yaml" in str(info.value) and "b.yaml" in str(info.value)
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "c.yaml").write_text("c: 1\n---\nd: 2\n")
+    assert [doc.data for doc in read_documents(good)] == [{"c": 1}, {"d": 2}]
+

@@ -17,7 +17,6 @@ import socketserver
 import ssl
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -45,6 +44,7 @@ from controlplane.envoy.model import (
 from controlplane.envoy.render import to_yaml
 from controlplane.envoy.roles import sidecar
 from envoy_mixer.dev import procs
+from tests.waits import until
 
 pytestmark = pytest.mark.slow
 
@@ -176,15 +176,6 @@ def _series(text: str, metric: str, **labels: str) -> list[dict[str, str]]:
                                              for k, v in labels.items()):
                 out.append(dict(sample.labels))
     return out
-
-
-def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +313,7 @@ def test_forged_identity_headers_change_no_decision_and_no_label(mesh: MeshUnder
         sources = {(s["source_workload"], s["source_principal"]) for s in denied}
         return {("intruder", INTRUDER_SAN), ("unknown", "unknown")} <= sources
 
-    _until(reported)
+    until(reported)
     denied = _series(mesh.metrics(), "istio_requests_total", reporter="destination",
                      response_code="403")
     assert not [s for s in denied if s["source_workload"] == "frontend"
@@ -360,8 +351,8 @@ def test_telemetry_reports_mutual_tls_and_both_principals_for_http_and_tcp(
     def reporters(metric: str) -> set[str]:
         return {s["reporter"] for s in _series(mesh.metrics(), metric, **wanted)}
 
-    _until(lambda: reporters("istio_requests_total") >= {"source", "destination"})
-    _until(lambda: reporters("istio_tcp_connections_opened_total") >= {"source", "destination"})
+    until(lambda: reporters("istio_requests_total") >= {"source", "destination"})
+    until(lambda: reporters("istio_tcp_connections_opened_total") >= {"source", "destination"})
 
 
 def test_backend_certificate_rotation_under_load_loses_no_request(mesh: MeshUnderTest) -> None:
@@ -392,5 +383,5 @@ def test_backend_certificate_rotation_under_load_loses_no_request(mesh: MeshUnde
     assert results == [200] * 200
     # Envoy applies the swap asynchronously: new connections soon get the new certificate.
     new_serial = rotated.certificate.serial_number
-    _until(lambda: _get_tls(mesh.ports["backend_STRICT"], "/open/x", mesh.root,
+    until(lambda: _get_tls(mesh.ports["backend_STRICT"], "/open/x", mesh.root,
                             mesh.certs["frontend"])[1] == new_serial)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from controlplane.envoy.model import Endpoint, Workload
 from controlplane.envoy.render import to_yaml
 from controlplane.xds.bootstrap import xds_bootstrap
 from envoy_mixer.dev import procs
+from tests.waits import until
 
 DEMO = Path(__file__).resolve().parents[1] / "mesh" / "testdata" / "demo"
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -104,13 +104,12 @@ def get_json(url: str) -> object:
 
 
 def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    """Poll ``check`` until it holds (or fail after ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Poll ``check`` until it holds (or fail after ``timeout`` seconds); a check that raises
+    an I/O or parse error (a process not up yet) counts as not yet."""
+    def settled() -> bool:
         try:
-            if check():
-                return
+            return check()
         except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"not reached within {timeout}s: {what}")
+            return False
+
+    until(settled, timeout, what=what or "condition")

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from envoy_mixer.dev.supervisor import (
     RestartPolicy,
     Supervisor,
 )
+from tests.waits import pid_alive as _alive
+from tests.waits import until
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PDEATHSIG is Linux")
 
@@ -32,31 +33,13 @@ SLEEPER = [sys.executable, "-c", "import time\nwhile True: time.sleep(1)"]
 EXIT_3 = [sys.executable, "-c", "raise SystemExit(3)"]
 
 
-def _until(check: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> None:
-    """Wait until ``check()``; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(step)
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie waiting for a reaper is dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _poll_until(sup: Supervisor, events: list[Event], kind: EventKind, count: int = 1) -> None:
+def _polluntil(sup: Supervisor, events: list[Event], kind: EventKind, count: int = 1) -> None:
     """Poll ``sup`` until ``count`` events of ``kind`` were reported in all."""
     def seen() -> bool:
         sup.poll()
         return sum(e.kind is kind for e in events) >= count
 
-    _until(seen)
+    until(seen)
 
 
 class FakeClock:
@@ -148,7 +131,7 @@ def test_restart_waits_for_the_backoff_on_the_clock(
                               policy=RestartPolicy(max_quick_crashes=3)))
     sup.start()
 
-    _poll_until(sup, events, EventKind.EXITED)
+    _polluntil(sup, events, EventKind.EXITED)
     assert events[-1].message == "crasher exited with 3; restarting in 0.5s"
     assert child.state is ChildState.BACKOFF
     clock.now = 0.4
@@ -157,12 +140,12 @@ def test_restart_waits_for_the_backoff_on_the_clock(
     clock.now = 0.5
     sup.poll()
     assert child.restarts == 1
-    _poll_until(sup, events, EventKind.EXITED, 2)
+    _polluntil(sup, events, EventKind.EXITED, 2)
     assert events[-1].delay == 1.0
     clock.now = 1.5
     sup.poll()
     assert child.restarts == 2
-    _poll_until(sup, events, EventKind.GAVE_UP)
+    _polluntil(sup, events, EventKind.GAVE_UP)
     assert sup["crasher"].state is ChildState.FAILED  # (not `child`: mypy narrowed it above)
     assert "3 times in a row" in events[-1].message
     assert str(tmp_path / "crasher.log") in events[-1].message
@@ -185,7 +168,7 @@ def test_a_killed_child_comes_back_and_the_others_keep_running(
         "telemetry": old_pid, "authz": other_pid}
 
     os.kill(old_pid, signal.SIGKILL)
-    _poll_until(sup, events, EventKind.BACK)
+    _polluntil(sup, events, EventKind.BACK)
     assert [e.message for e in events] == [
         "telemetry exited with -9 (SIGKILL); restarting in 0.1s",
         f"telemetry is back (pid {victim.pid})",
@@ -235,7 +218,7 @@ def test_stop_kills_a_child_that_ignores_sigterm_and_its_group(
     assert pid is not None
     sup.stop()
     assert not _alive(pid)
-    _until(lambda: not _alive(grandchild))
+    until(lambda: not _alive(grandchild))
     assert child.state is ChildState.STOPPED
 
 
@@ -262,12 +245,12 @@ def test_kill_9_of_the_parent_leaves_no_child(tmp_path: Path) -> None:
     child: int | None = None
     try:
         pids = tmp_path / "pids.json"
-        _until(pids.exists, timeout=20)
+        until(pids.exists, timeout=20)
         child = json.loads(pids.read_text())["children"]["sleeper"]
         assert child is not None and _alive(child)
         parent.kill()
         parent.wait(10)
-        _until(lambda: not _alive(child))
+        until(lambda: not _alive(child))
     finally:
         parent.kill()
         parent.wait(10)

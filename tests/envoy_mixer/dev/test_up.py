@@ -16,8 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from envoy_mixer.dev.meshup import (
     start,
 )
 from envoy_mixer.dev.up import UpError, find_examples, http_get, mesh_ports
+from tests.waits import until
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"
@@ -55,16 +55,6 @@ def _free_base() -> int:
 def _examples(tmp: Path) -> Path:
     """A private, editable copy of examples/ (the demo mesh in mesh/ too)."""
     return Path(shutil.copytree(EXAMPLES, tmp / "examples"))
-
-
-def _until(check: Callable[[], bool], timeout: float, step: float = 0.1) -> float:
-    """Seconds until ``check()`` is true; fails the test after ``timeout``."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if check():
-            return time.monotonic() - start
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 # ---------------------------------------------------------------------------- start-up errors
@@ -219,7 +209,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         )
     running = Mesh(proc, base, examples, out, tmp / "run")
     try:
-        _until(lambda: "healthy after" in out.read_text() or proc.poll() is not None, 60)
+        until(lambda: "healthy after" in out.read_text() or proc.poll() is not None, 60)
         assert proc.poll() is None, out.read_text()
         yield running
     finally:
@@ -279,7 +269,7 @@ def test_metrics_from_both_reporters_and_a_graph_edge(mesh: Mesh) -> None:
         return bool(edge) and any('reporter="source"' in x for x in lines) and any(
             'reporter="destination"' in x for x in lines)
 
-    _until(both_reporters, 10)
+    until(both_reporters, 10)
     graph = json.loads(http_get(admin + "/graph").body)
     pairs = {(e["source"], e["destination"]) for e in graph["edges"]}
     assert ("frontend.default", "backend.default") in pairs
@@ -348,17 +338,17 @@ def test_live_edits_change_behaviour_without_restarting_an_envoy(mesh: Mesh) -> 
       route:""", _TEAPOT.strip("\n") + """
     - name: frontend
       route:""", 1))
-    _until(lambda: http_get(mesh.url + "/api/teapot").status == 418, 15.0, step=0.1)
+    until(lambda: http_get(mesh.url + "/api/teapot").status == 418, 15.0, step=0.1)
 
     policy = mesh.mesh / "policy.yaml"
     policy.write_text(policy.read_text() + _DENY_HELLO)
-    _until(lambda: http_get(mesh.url + "/api/hello").status == 403, 15.0, step=0.1)
+    until(lambda: http_get(mesh.url + "/api/hello").status == 403, 15.0, step=0.1)
 
     # A descriptor path Envoy never sent before: the pilot derives its rate_limits action and
     # pushes the routes; the service has the limit.
     limits = mesh.mesh / "ratelimit.yaml"
     limits.write_text(limits.read_text() + _NEW_LIMIT)
-    _until(lambda: http_get(mesh.url + "/api/new").status == 429, 15.0, step=0.1)
+    until(lambda: http_get(mesh.url + "/api/new").status == 429, 15.0, step=0.1)
 
     assert mesh.envoy_pids() == before
     assert "exited with" not in mesh.out.read_text()
@@ -390,7 +380,7 @@ spec:
         except OSError:
             return False
 
-    _until(plaintext_answered, 20, step=0.2)
+    until(plaintext_answered, 20, step=0.2)
     assert http_get(mesh.url + "/api/still-mtls").status == 200
     assert mesh.envoy_pids() == before
 
@@ -408,7 +398,7 @@ def test_a_killed_service_is_restarted_and_the_mesh_serves_again(mesh: Mesh) -> 
         pid = json.loads(pid_file.read_text())["children"].get("ratelimit")
         return pid not in (None, old) and "ratelimit is back" in mesh.out.read_text()
 
-    _until(back, 20)
+    until(back, 20)
     assert "ratelimit exited with" in mesh.out.read_text()
     assert http_get(mesh.url + "/api/limited").status in (200, 429)
     assert mesh.envoy_pids() == envoys

@@ -8,8 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,18 +17,10 @@ from controlplane.mesh import load_mesh
 from envoy_mixer.dev import procs
 from envoy_mixer.dev.meshup import pilot_ports, render_shifted, service_files
 from envoy_mixer.dev.up import http_get
+from tests.waits import until
 
 REPO = Path(__file__).resolve().parents[3]
 SHIPPED = REPO / "examples" / "mesh"
-
-
-def _until(check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def test_port_base_copy_moves_the_bound_ports_as_local_mesh_lays_them_out(
@@ -148,7 +138,7 @@ def test_a_users_mesh_gets_the_control_plane_and_an_envoy_not_its_app(tmp_path: 
             stdout=sink, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     try:
         app.wait_ready(15)
-        _until(lambda: "healthy after" in out.read_text() or up.poll() is not None, 60)
+        until(lambda: "healthy after" in out.read_text() or up.poll() is not None, 60)
         assert up.poll() is None, out.read_text()
         text = out.read_text()
         assert "shop-0.shop" in text and "demo frontend" not in text and "curl" not in text
@@ -159,7 +149,7 @@ def test_a_users_mesh_gets_the_control_plane_and_an_envoy_not_its_app(tmp_path: 
         assert reply.status == 200 and json.loads(reply.body)["service"] == "shop"
         (mesh / "policy.yaml").write_text(_DENY)
         # With no policy file at start, authz serves the whole directory, so a new one is read.
-        _until(lambda: http_get(url + "/secret").status == 403, 20)
+        until(lambda: http_get(url + "/secret").status == 403, 20)
         assert pilot_ports(base)[1] == base + 47
     finally:
         if up.poll() is None:

@@ -14,8 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,8 @@ from controlplane.envoy.mesh import local_mesh, service_admin_ports
 from envoy_mixer.dev import procs
 from envoy_mixer.dev.meshup import pilot_ports
 from envoy_mixer.dev.up import http_get, mesh_ports
+from tests.waits import pid_alive as _alive
+from tests.waits import until
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples"
@@ -49,24 +49,6 @@ def _examples(tmp: Path) -> Path:
     return Path(shutil.copytree(EXAMPLES, tmp / "examples"))
 
 
-def _until(check: Callable[[], bool], timeout: float, step: float = 0.1) -> None:
-    """Wait until ``check()``; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(step)
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie waiting for its reaper does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _children(run_dir: Path) -> dict[str, int]:
     """The child PIDs ``mixer up`` wrote to its run directory."""
     data = json.loads((run_dir / "pids.json").read_text())
@@ -83,7 +65,7 @@ def _kill_until_back(name: str, run_dir: Path, out: Path, url: str) -> list[int]
         statuses.append(http_get(url).status)
         return f"{name} is back (pid" in out.read_text()
 
-    _until(back, 30)
+    until(back, 30)
     assert f"{name} exited with -9 (SIGKILL); restarting in 0.5s" in out.read_text()
     return statuses
 
@@ -99,7 +81,7 @@ def test_killed_services_come_back_and_kill_9_of_up_leaves_no_child(tmp_path: Pa
         )
     seen: dict[str, int] = {}
     try:
-        _until(lambda: "healthy after" in out.read_text() or up.poll() is not None, 60)
+        until(lambda: "healthy after" in out.read_text() or up.poll() is not None, 60)
         assert up.poll() is None, out.read_text()
         seen = _children(run_dir)
         assert {"authz", "ratelimit", "telemetry", "pilot",
@@ -115,12 +97,12 @@ def test_killed_services_come_back_and_kill_9_of_up_leaves_no_child(tmp_path: Pa
 
         statuses = _kill_until_back("authz", run_dir, out, hello)
         assert 403 in statuses and set(statuses) <= {200, 403}, statuses
-        _until(lambda: http_get(hello).status == 200, 10)
+        until(lambda: http_get(hello).status == 200, 10)
 
         seen = _children(run_dir)
         up.kill()
         up.wait(10)
-        _until(lambda: not any(_alive(pid) for pid in seen.values()), 15)
+        until(lambda: not any(_alive(pid) for pid in seen.values()), 15)
     finally:
         if up.poll() is None:
             up.kill()

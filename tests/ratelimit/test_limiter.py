@@ -2,41 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from ratelimit.backends import CounterOp, MemoryBackend
 from ratelimit.config import Limit, RateLimitConfig
 from ratelimit.errors import InvalidRequestError
 from ratelimit.limiter import (
     MAX_REMAINING,
     Code,
     Descriptor,
-    Limiter,
-    LimiterSettings,
     Request,
 )
+from tests.ratelimit.recording import RecordingBackend
+from tests.ratelimit.recording import recording_limiter as make_limiter
 
 Load = Callable[[str], RateLimitConfig]
 MakeRequest = Callable[..., Request]
-
-
-class CountingBackend(MemoryBackend):
-    """A memory backend that records each batch it is asked to apply."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        super().__init__(clock)
-        self.batches: list[list[CounterOp]] = []
-
-    async def apply(self, ops: Sequence[CounterOp]) -> list[int]:
-        self.batches.append(list(ops))
-        return await super().apply(ops)
-
-
-def make_limiter(clock: Any, **settings: Any) -> Limiter:
-    return Limiter(CountingBackend(clock), LimiterSettings(**settings), clock=clock)
 
 
 async def test_fixed_window_counts_and_resets_at_epoch_boundary(
@@ -68,7 +51,7 @@ async def test_keys_are_epoch_aligned(make_request: MakeRequest, load: Load, clo
         "test-domain", (("key1", "value1"), ("subkey1", "s")), (("key3", "h"),)
     ))
     backend = limiter.backend
-    assert isinstance(backend, CountingBackend)
+    assert isinstance(backend, RecordingBackend)
     assert [op.key for op in backend.batches[0]] == [
         "test-domain_key1_value1_subkey1_s_1000000",
         "test-domain_key3_h_997200",
@@ -85,7 +68,7 @@ async def test_one_backend_call_per_request(
         "test-domain", (("key2", "a"),), (("key3", "b"),), (("key4", "c"),), (("nope", "x"),)
     ))
     backend = limiter.backend
-    assert isinstance(backend, CountingBackend)
+    assert isinstance(backend, RecordingBackend)
     assert len(backend.batches) == 1 and len(backend.batches[0]) == 3
 
 
@@ -164,7 +147,7 @@ async def test_unlimited(load: Load, make_request: MakeRequest, clock: Any) -> N
     assert d.statuses[0].limit is None
     assert d.stats == ()
     backend = limiter.backend
-    assert isinstance(backend, CountingBackend) and backend.batches == []
+    assert isinstance(backend, RecordingBackend) and backend.batches == []
 
 
 async def test_near_limit_accounting(load: Load, make_request: MakeRequest, clock: Any) -> None:
@@ -255,7 +238,7 @@ async def test_local_cache_skips_backend(
     await limiter.decide(config, req)
     await limiter.decide(config, req)  # over: cached
     backend = limiter.backend
-    assert isinstance(backend, CountingBackend)
+    assert isinstance(backend, RecordingBackend)
     calls = len(backend.batches)
     d = await limiter.decide(config, req)
     assert d.overall is Code.OVER_LIMIT and len(backend.batches) == calls
@@ -273,7 +256,7 @@ async def test_local_cache_off(load: Load, make_request: MakeRequest, clock: Any
     for _ in range(3):
         await limiter.decide(config, req)
     backend = limiter.backend
-    assert isinstance(backend, CountingBackend) and len(backend.batches) == 3
+    assert isinstance(backend, RecordingBackend) and len(backend.batches) == 3
 
 
 async def test_several_limits_on_one_key(

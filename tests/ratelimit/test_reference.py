@@ -8,7 +8,7 @@ files (see the README there for source and license).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,29 +16,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from envoy_mixer.common.errors import ConfigError
-from ratelimit.backends import CounterOp, MemoryBackend
+from ratelimit.backends import CounterOp
 from ratelimit.config import Limit, RateLimitConfig, load_config, load_texts
-from ratelimit.limiter import MAX_REMAINING, Code, Descriptor, Limiter, LimiterSettings, Request
+from ratelimit.limiter import MAX_REMAINING, Code, Descriptor, Limiter, Request
 from ratelimit.metrics import RateLimitMetrics
+from tests.ratelimit.recording import RecordingBackend
+from tests.ratelimit.recording import recording_limiter as limiter
 
 REFERENCE = Path(__file__).parent / "configs" / "reference"
 MakeRequest = Callable[..., Request]
-
-
-class RecordingBackend(MemoryBackend):
-    """A memory backend that records each batch of ops it is asked to apply."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        super().__init__(clock)
-        self.batches: list[list[CounterOp]] = []
-
-    async def apply(self, ops: Sequence[CounterOp]) -> list[int]:
-        self.batches.append(list(ops))
-        return await super().apply(ops)
-
-
-def limiter(clock: Any, **settings: Any) -> Limiter:
-    return Limiter(RecordingBackend(clock), LimiterSettings(**settings), clock=clock)
 
 
 def ops_of(lim: Limiter) -> list[list[CounterOp]]:

@@ -19,6 +19,7 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
 from controlplane.ca.authority import IssuedCertificate
 from controlplane.envoy.clusters import inbound_cluster, service_clusters
+from controlplane.envoy.listeners import Tracing, tracing_config
 from controlplane.envoy.model import Endpoint as HostPort
 from controlplane.envoy.model import MixerServices
 from controlplane.envoy.ratelimit_actions import Actions, actions_for_paths
@@ -45,7 +46,8 @@ class Context:
 
     ``certificates`` maps a proxy key to its current workload certificate; when the control
     plane runs with the mesh CA (``mtls``) every proxy has one and inbound listeners take mTLS
-    per PeerAuthentication.
+    per PeerAuthentication. ``tracing`` (an OTLP/gRPC collector) makes every HTTP connection
+    manager trace to it, as the static configs' ``--tracing`` does.
     """
 
     services: MixerServices = field(default_factory=MixerServices)
@@ -54,6 +56,7 @@ class Context:
     certificates: Mapping[str, IssuedCertificate] = field(
         default_factory=lambda: MappingProxyType({}))
     route_timeout: float = 15.0
+    tracing: HostPort | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +77,20 @@ def _rate_limits(mesh: Mesh, domain: str) -> tuple[Actions, ...]:
     return tuple(actions_for_paths(config.descriptor_paths(domain)))
 
 
+def _tracing(proxy: Proxy, context: Context) -> Tracing | None:
+    # Istio's default span service name (APP_LABEL_AND_NAMESPACE): the canonical name and the
+    # namespace, which is also what the static builder names it.
+    if context.tracing is None:
+        return None
+    return tracing_config(f"{proxy.canonical_name}.{proxy.workload.namespace}")
+
+
 def generate(mesh: Mesh, proxy: Proxy, context: Context) -> ProxyResources:
     """The resources of ``proxy``."""
     wiring = Wiring(services=context.services, domain=proxy.ratelimit_domain,
                     rate_limits=_rate_limits(mesh, proxy.ratelimit_domain),
                     route_timeout=context.route_timeout, mtls=context.mtls,
-                    trust_domain=context.trust_domain)
+                    trust_domain=context.trust_domain, tracing=_tracing(proxy, context))
     built = Built()
     inbound: list[Cluster] = []
     if proxy.sidecar is not None:
@@ -107,7 +118,7 @@ def generate(mesh: Mesh, proxy: Proxy, context: Context) -> ProxyResources:
     refs = [built.clusters[name] for name in sorted(built.clusters)]
     clusters = [*inbound, *(outbound_cluster(mesh, r, context.trust_domain, auto_mtls=context.mtls)
                    for r in refs),
-                *service_clusters(context.services)]
+                *service_clusters(context.services, context.tracing)]
     endpoints = [load_assignment(mesh, r) for r in refs if r.eds]
     issued = context.certificates.get(proxy.key)
     return ProxyResources(

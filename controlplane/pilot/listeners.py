@@ -40,7 +40,7 @@ from controlplane.envoy.filters import (
     http_filters,
     tcp_access_log,
 )
-from controlplane.envoy.listeners import TCP_PROXY, http_connection_manager, listener
+from controlplane.envoy.listeners import TCP_PROXY, Tracing, http_connection_manager, listener
 from controlplane.envoy.model import MixerServices
 from controlplane.envoy.ratelimit_actions import Actions
 from controlplane.envoy.roles import UNKNOWN_UPSTREAM_BODY
@@ -94,6 +94,8 @@ class Wiring:
     route_timeout: float
     mtls: bool
     trust_domain: str
+    #: The HCM tracing every listener of this proxy gets (None: no tracing).
+    tracing: Tracing | None = None
 
 
 def host_matches(pattern: str, host: str) -> bool:
@@ -213,6 +215,7 @@ def ingress_listener(mesh: Mesh, proxy: Proxy, wiring: Wiring, built: Built, *,
         stat_prefix=name, route_config=route_configuration(name, [vhost]),
         http_filters=http_filters(wiring.services, wiring.domain),
         access_logs=[access_log(wiring.services, "sidecar-inbound")], edge=False,
+        tracing=wiring.tracing,
     )
     out = listener(name, bind, port.number, hcm)
     if wiring.mtls and mtls_mode != "DISABLE":
@@ -280,6 +283,7 @@ def egress_listener(mesh: Mesh, proxy: Proxy, wiring: Wiring, built: Built,
         http_filters=_with_fault(list(http_filters(wiring.services, wiring.domain,
                                                    strip_peer_response=True))),
         access_logs=[access_log(wiring.services, "sidecar-outbound")], edge=False,
+        tracing=wiring.tracing,
     )
     built.listeners.append(_rds_listener(name, bind, egress.port.number, hcm, name))
 
@@ -325,6 +329,7 @@ def gateway_listener(mesh: Mesh, proxy: Proxy, wiring: Wiring, built: Built,
         http_filters=_with_fault(list(http_filters(wiring.services, wiring.domain,
                                                    strip_peer_response=True))),
         access_logs=[access_log(wiring.services, f"{wiring.domain}-gateway")], edge=True,
+        tracing=wiring.tracing,
     )
     out = _rds_listener(name, bind, port, hcm, route_name)
     if any(_terminates(s) for _, s in servers):

@@ -42,6 +42,16 @@ class Proxy:
                              ip=self.workload.address, pod=self.workload.name)
 
     @property
+    def canonical_name(self) -> str:
+        """Istio's canonical service name: the ``service.istio.io/canonical-name`` label,
+        else ``app.kubernetes.io/name``, else ``app``, else the WorkloadEntry's name."""
+        labels = self.workload.labels
+        for key in ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app"):
+            if labels.get(key):
+                return labels[key]
+        return self.workload.name
+
+    @property
     def node_id(self) -> str:
         """Istio's node id for this proxy."""
         return self.identity.node_id(self.role)

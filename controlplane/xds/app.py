@@ -36,7 +36,7 @@ from controlplane.ca.authority import IssuedCertificate
 from controlplane.ca.identity import SpiffeId
 from controlplane.ca.rotate import rotation_time
 from controlplane.ca.store import load_ca
-from controlplane.envoy.model import MixerServices
+from controlplane.envoy.model import Endpoint, MixerServices
 from controlplane.mesh import load_mesh
 from controlplane.mesh.model import Mesh
 from controlplane.pilot import Context, generate_all
@@ -78,6 +78,8 @@ class PilotSettings:
     debounce: float = 0.1
     cert_ttl: timedelta = timedelta(hours=24)
     run_dir: Path | None = None
+    #: An OTLP/gRPC collector (``--tracing``): every generated HTTP listener traces to it.
+    tracing: Endpoint | None = None
 
 
 def to_snapshot(resources: ProxyResources) -> Snapshot:
@@ -152,7 +154,8 @@ class Pilot:
         self._refresh_certificates(mesh)
         context = Context(services=self.settings.services,
                           trust_domain=self.ca.trust_domain if self.ca else "cluster.local",
-                          mtls=self.ca is not None, certificates=self.certificates)
+                          mtls=self.ca is not None, certificates=self.certificates,
+                          tracing=self.settings.tracing)
         snapshots = {key: to_snapshot(r) for key, r in generate_all(mesh, context).items()}
         changed = self.cache.set_all(snapshots)
         log_event(_log, "pilot_snapshots_built", proxies=len(snapshots), changed=list(changed))
@@ -247,6 +250,8 @@ def pilot_argv(settings: PilotSettings) -> list[str]:
         argv += ["--ca-dir", str(settings.ca_dir)]
     if settings.run_dir is not None:
         argv += ["--run-dir", str(settings.run_dir)]
+    if settings.tracing is not None:
+        argv += ["--tracing", str(settings.tracing)]
     return argv
 
 

@@ -1,7 +1,9 @@
 """``mixer pilot``, ``mixer proxy-status``, ``mixer proxy-config`` and ``mixer envoy-config-xds``.
 
 - ``mixer pilot --mesh DIR [--listen 127.0.0.1:15010] [--admin 127.0.0.1:15014] [--ca-dir D]
-  [--authz H:P --ratelimit H:P --telemetry H:P] [--run-dir DIR]``: the control plane.
+  [--authz H:P --ratelimit H:P --telemetry H:P] [--tracing H:P] [--run-dir DIR]``: the
+  control plane (``--tracing``: every generated HTTP listener traces to that OTLP/gRPC
+  collector).
 - ``mixer envoy-config-xds --xds HOST:PORT --workload NAME.NAMESPACE [--cert-dir D]
   [--mesh DIR] [--admin H:P] [--router]``: the minimal bootstrap of a proxy it serves. (A
   subcommand of its own rather than a flag of ``mixer envoy-config``, whose module is another
@@ -61,7 +63,7 @@ def settings_from_args(args: argparse.Namespace) -> PilotSettings:
         mesh=args.mesh, listen=args.listen, admin=args.admin, ca_dir=args.ca_dir,
         services=MixerServices(authz=args.authz, ratelimit=args.ratelimit,
                                telemetry=args.telemetry),
-        cert_ttl=parse_duration(args.cert_ttl), run_dir=args.run_dir,
+        cert_ttl=parse_duration(args.cert_ttl), run_dir=args.run_dir, tracing=args.tracing,
     )
 
 
@@ -249,6 +251,9 @@ def register_pilot(subparsers: Any) -> None:
                         ("telemetry", defaults.telemetry)):
         p.add_argument(f"--{flag}", type=_endpoint, default=value, metavar="HOST:PORT",
                        help=f"where the {flag} service listens (default {value})")
+    p.add_argument("--tracing", type=_endpoint, default=None, metavar="HOST:PORT",
+                   help="OTLP/gRPC collector (e.g. Jaeger :4317): every proxy traces to it "
+                        "(default: no tracing)")
     p.add_argument("--run-dir", type=Path, default=None,
                    help="write the addresses into DIR/pilot.json")
     p.add_argument("--log-level", default="info")

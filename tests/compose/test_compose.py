@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controlplane.envoy.model import Endpoint, MixerServices
+from controlplane.envoy.model import TRACING_CLUSTER, Endpoint, MixerServices
 from controlplane.envoy.shipped import COMPOSE_MESH, compose_bootstraps
 from controlplane.mesh import Mesh, load_mesh
 from controlplane.mesh.analyze import analyze
@@ -319,6 +319,17 @@ def test_pilot_serves_the_compose_mesh_with_the_mesh_ca(
         path = Path(str(_flag(_args(services[name]), flag)))
         service_mounts = {container: host for host, container in _mounts(services[name])}
         assert service_mounts[str(path.parent)] / path.name == MESH_DIR / path.name, name
+
+
+def test_pilot_traces_to_a_compose_service_serving_that_port(
+        compose: dict[str, Any], mesh: Mesh, served: dict[str, ProxyResources]) -> None:
+    """The pilot's --tracing target is a compose service listening on that port (Jaeger's
+    OTLP/gRPC), and every proxy it serves gets the collector's cluster."""
+    target = Endpoint.parse(str(_flag(_args(_services(compose)["pilot"]), "--tracing")))
+    assert target.port in _listening(compose, served)[target.host], target
+    traced = generate_all(mesh, Context(mtls=True, tracing=target))
+    for key, resources in traced.items():
+        assert TRACING_CLUSTER in {c.name for c in resources.clusters}, key
 
 
 def test_bootstrap_clusters_point_at_the_pilot(

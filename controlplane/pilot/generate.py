@@ -32,6 +32,9 @@ from controlplane.pilot.listeners import (
     egress_listener,
     gateway_listener,
     ingress_listener,
+    is_tcp,
+    tcp_egress_listener,
+    tcp_ingress_listener,
 )
 from controlplane.pilot.proxy import Proxy, proxies
 from controlplane.pilot.secrets import workload_secrets
@@ -103,11 +106,20 @@ def generate(mesh: Mesh, proxy: Proxy, context: Context) -> ProxyResources:
             app = HostPort.parse(ingress.default_endpoint.replace("0.0.0.0", "127.0.0.1"))
             to_app = inbound_cluster(proxy.identity, ingress.port.number, app)
             inbound.append(to_app)
-            ingress_listener(mesh, proxy, wiring, built, port=ingress.port,
-                             bind=ingress.bind or "0.0.0.0", app_cluster=to_app.name,
-                             mtls_mode=mtls.for_port(ingress.port.number))
+            bind = ingress.bind or "0.0.0.0"
+            mode = mtls.for_port(ingress.port.number)
+            if is_tcp(ingress.port):
+                tcp_ingress_listener(wiring, built, port=ingress.port, bind=bind,
+                                     app_cluster=to_app.name, mtls_mode=mode)
+            else:
+                ingress_listener(mesh, proxy, wiring, built, port=ingress.port, bind=bind,
+                                 app_cluster=to_app.name, mtls_mode=mode)
         for egress in proxy.sidecar.egress:
-            if egress.port is not None:
+            if egress.port is None:
+                continue
+            if is_tcp(egress.port):
+                tcp_egress_listener(mesh, proxy, wiring, built, egress)
+            else:
                 egress_listener(mesh, proxy, wiring, built, egress)
     by_port: dict[int, list[tuple[str, Server]]] = {}
     for gateway in proxy.gateways:

@@ -10,6 +10,13 @@
   ``127.0.0.1``) over RDS (route name ``BIND_PORT``): one virtual host per visible service port,
   routes from the VirtualServices bound to ``mesh``, else straight to the service's cluster; an
   unknown Host gets 404. ext_authz is off outbound (it is enforced at the server's inbound).
+- **TCP** (a Sidecar ingress or egress port with protocol TCP): Istio's TCP listeners, a
+  ``tcp_proxy`` with the TCP access log to telemetry and no authorization (our authz is the
+  HTTP ext_authz; Istio would use network RBAC). Ingress: ``BIND_PORT`` to
+  ``inbound|PORT||`` with the PeerAuthentication mode as the HTTP inbound has (and, when
+  PERMISSIVE, the app's own TLS passed through). Egress: ``BIND_PORT`` to
+  ``outbound|PORT||HOST`` of the visible service with a TCP port (the one whose port number
+  is the listener's if several are; else the first by host), ISTIO_MUTUAL as for HTTP.
 - **Gateway** server: a listener ``BIND_PORT`` (bind defaults to the workload's address) over
   RDS (``http.PORT``): a virtual host per host of the VirtualServices bound to the Gateway.
 """
@@ -40,8 +47,14 @@ from controlplane.envoy.filters import (
     http_filters,
     tcp_access_log,
 )
-from controlplane.envoy.listeners import TCP_PROXY, Tracing, http_connection_manager, listener
-from controlplane.envoy.model import MixerServices
+from controlplane.envoy.listeners import (
+    TCP_PROXY,
+    Tracing,
+    http_connection_manager,
+    inbound_listener,
+    listener,
+)
+from controlplane.envoy.model import InboundMode, MixerServices
 from controlplane.envoy.ratelimit_actions import Actions
 from controlplane.envoy.roles import UNKNOWN_UPSTREAM_BODY
 from controlplane.envoy.routes import (
@@ -68,7 +81,8 @@ from controlplane.pilot.proxy import Proxy
 from controlplane.pilot.routes import FAULT_FILTER, HashFor, http_routes
 from controlplane.pilot.tls import ISTIO_ALPNS, ads_source, downstream_mtls, gateway_tls
 
-__all__ = ["Built", "egress_listener", "gateway_listener", "host_matches", "ingress_listener"]
+__all__ = ["Built", "egress_listener", "gateway_listener", "host_matches", "ingress_listener",
+           "is_tcp", "tcp_egress_listener", "tcp_ingress_listener"]
 
 _NON_HTTP = frozenset({"TCP", "TLS", "HTTPS", "MONGO", "MYSQL", "REDIS"})
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
@@ -115,6 +129,11 @@ def _visible(scope: ScopedHost, service: Service, own_namespace: str) -> bool:
     if namespace != "*" and namespace != service.namespace:
         return False
     return host_matches(scope.host, service.host)
+
+
+def is_tcp(port: Port) -> bool:
+    """A port proxied as opaque TCP (protocol ``TCP``)."""
+    return port.protocol == "TCP"
 
 
 def _http_ports(service: Service) -> tuple[Port, ...]:
@@ -243,6 +262,46 @@ def ingress_listener(mesh: Mesh, proxy: Proxy, wiring: Wiring, built: Built, *,
             out.listener_filters.add(name=TLS_INSPECTOR).typed_config.CopyFrom(
                 pack(TlsInspector()))
     built.listeners.append(out)
+
+
+def _tcp_proxy(name: str, cluster: str, wiring: Wiring, log_name: str, *,
+               upstream_sans: bool) -> TcpProxy:
+    return TcpProxy(stat_prefix=name, cluster=cluster, access_log=[
+        tcp_access_log(wiring.services, log_name, upstream_sans=upstream_sans)])
+
+
+def tcp_ingress_listener(wiring: Wiring, built: Built, *, port: Port, bind: str,
+                         app_cluster: str, mtls_mode: InboundMode) -> None:
+    """A Sidecar ingress entry on a TCP port: a TCP proxy to the app, mTLS per
+    ``mtls_mode`` as the HTTP inbound (the same proxy on every chain)."""
+    name = f"{bind}_{port.number}"
+    proxy = _tcp_proxy(name, app_cluster, wiring, "sidecar-inbound-tcp", upstream_sans=False)
+    mode: InboundMode = mtls_mode if wiring.mtls else "DISABLE"
+    built.listeners.append(inbound_listener(
+        name, bind, port.number, mode, mtls=proxy, plaintext=proxy,
+        server_tls=downstream_mtls() if mode != "DISABLE" else None, passthrough=proxy))
+
+
+def tcp_egress_listener(mesh: Mesh, proxy: Proxy, wiring: Wiring, built: Built,
+                        egress: EgressListener) -> None:
+    """A Sidecar egress entry on a TCP port: a TCP proxy to the one visible TCP service
+    (none visible: no listener, as there is nowhere to send the bytes)."""
+    assert egress.port is not None
+    candidates = [(service, port) for service in sorted(mesh.services, key=lambda s: s.host)
+                  if any(_visible(h, service, proxy.workload.namespace) for h in egress.hosts)
+                  for port in service.ports if is_tcp(port)]
+    if not candidates:
+        return
+    # Without traffic capture there is no original destination to choose by: one listener
+    # port stands for one service, preferably the one on the same port number.
+    service, port = next((c for c in candidates if c[1].number == egress.port.number),
+                         candidates[0])
+    ref = ClusterRef(service, port)
+    built.clusters.setdefault(ref.name, ref)
+    bind = egress.bind or "127.0.0.1"
+    name = f"{bind}_{egress.port.number}"
+    built.listeners.append(listener(name, bind, egress.port.number, _tcp_proxy(
+        name, ref.name, wiring, "sidecar-outbound-tcp", upstream_sans=True)))
 
 
 def egress_listener(mesh: Mesh, proxy: Proxy, wiring: Wiring, built: Built,

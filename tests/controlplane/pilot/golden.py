@@ -1,9 +1,10 @@
 """A stable, readable view of generated resources for the golden files.
 
 Pinned in full: route tables, outbound/inbound clusters, endpoints. Listeners are summarized
-(address, chains, TLS, RDS name, HTTP filter order): their filter configs are the shared
-builders' (pinned by tests/controlplane/envoy). Peer-metadata header values (base64 of the
-node metadata) are shown as ``<peer>``; our own service clusters are left out.
+(address, chains, TLS, RDS name, HTTP filter order; a TCP chain's proxy cluster and logs):
+their filter configs are the shared builders' (pinned by tests/controlplane/envoy).
+Peer-metadata header values (base64 of the node metadata) are shown as ``<peer>``; our own
+service clusters are left out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from controlplane.pilot import ProxyResources
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3." \
        "HttpConnectionManager"
+_TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 _OURS = {AUTHZ_CLUSTER, RATELIMIT_CLUSTER, TELEMETRY_CLUSTER}
 #: The filters this package wires or relies on; the shared chain's helpers may come and go.
 _PINNED_FILTERS = {"envoy.filters.http.ext_authz", "envoy.filters.http.ratelimit",
@@ -58,6 +60,16 @@ def _listener(listener: Any) -> dict[str, Any]:
     chains = []
     for chain in data.get("filter_chains", []):
         hcm = chain["filters"][0]["typed_config"]
+        if hcm["@type"] == _TCP_PROXY:
+            chains.append({
+                "name": chain.get("name", ""),
+                "match": chain.get("filter_chain_match", {}),
+                "tls": _tls(chain.get("transport_socket", {}).get("typed_config")),
+                "tcp_proxy": hcm["cluster"],
+                "access_log": [a["typed_config"]["common_config"]["log_name"]
+                               for a in hcm.get("access_log", [])],
+            })
+            continue
         assert hcm["@type"] == _HCM
         chains.append({
             "name": chain.get("name", ""),
@@ -80,7 +92,8 @@ def view(resources: ProxyResources) -> dict[str, Any]:
     return _scrub({
         "listeners": [_listener(x) for x in resources.listeners],
         "inline_routes": [r for x in resources.listeners for c in _dict(x)["filter_chains"][:1]
-                          if (r := c["filters"][0]["typed_config"].get("route_config"))],
+                          if (r := c["filters"][0]["typed_config"].get("route_config"))
+                          and c["filters"][0]["typed_config"]["@type"] == _HCM],
         "routes": [_dict(r) for r in resources.routes],
         "clusters": [_dict(c) for c in resources.clusters if c.name not in _OURS],
         "service_clusters": sorted(c.name for c in resources.clusters if c.name in _OURS),

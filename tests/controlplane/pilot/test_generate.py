@@ -115,3 +115,15 @@ def test_auto_mtls_to_mesh_workloads_unless_the_rule_sets_tls(demo: Mesh) -> Non
     assert not backend.HasField("transport_socket")
     egress = {c.name: c for c in generated["istio-egressgateway.istio-system"].clusters}
     assert not egress["outbound|80||httpbin.org"].HasField("transport_socket")
+
+
+def test_tcp_ports_golden() -> None:
+    """TCP ports: the server's inbound tcp_proxy to inbound|PORT|| (STRICT mTLS), the client's
+    egress tcp_proxy to outbound|PORT||HOST (auto ISTIO_MUTUAL), TCP access logs (tcp-in/)."""
+    mesh = load_mesh(GOLDEN / "tcp-in")
+    generated = generate_all(mesh, Context(mtls=True))
+    got = {key: view(resources) for key, resources in sorted(generated.items())}
+    path = GOLDEN / "tcp-out.json"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    assert got == json.loads(path.read_text())

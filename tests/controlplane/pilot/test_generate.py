@@ -127,3 +127,20 @@ def test_tcp_ports_golden() -> None:
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
     assert got == json.loads(path.read_text())
+
+
+def test_tcp_inbound_permissive_and_without_the_ca() -> None:
+    """Without a PeerAuthentication (PERMISSIVE) the TCP inbound has mTLS, plaintext and TLS
+    passthrough chains, all proxying to the app; without the mesh CA, one plaintext chain."""
+    from dataclasses import replace
+
+    mesh = replace(load_mesh(GOLDEN / "tcp-in"), peer_authentications=())
+    [permissive] = generate_all(mesh, Context(mtls=True))["db-0.data"].listeners
+    assert [(c.name, c.filter_chain_match.transport_protocol)
+            for c in permissive.filter_chains] == [
+        ("mtls", "tls"), ("plaintext", "raw_buffer"), ("tls-passthrough", "tls")]
+    assert {f.name for c in permissive.filter_chains for f in c.filters} == {
+        "envoy.filters.network.tcp_proxy"}
+    [plain] = generate_all(mesh, Context())["db-0.data"].listeners
+    assert [c.name for c in plain.filter_chains] == ["plaintext"]
+    assert not plain.filter_chains[0].HasField("transport_socket")

@@ -48,12 +48,16 @@ class NetnsUnavailable(RuntimeError):
     """The kernel (or the missing tooling) refuses network namespaces; the text says why."""
 
 
-def _ip(*args: str) -> None:
-    """Run ``ip ARGS``; raise with ip's own message when it fails."""
+class NetnsSetupError(RuntimeError):
+    """Namespaces exist, but building the links between them failed: a real failure."""
+
+
+def _ip(*args: str, refused: type[RuntimeError] = NetnsSetupError) -> None:
+    """Run ``ip ARGS``; raise ``refused`` with ip's own message when it fails."""
     done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30,
                           check=False)
     if done.returncode != 0:
-        raise NetnsUnavailable(f"ip {' '.join(args)}: {done.stderr.strip() or done.returncode}")
+        raise refused(f"ip {' '.join(args)}: {done.stderr.strip() or done.returncode}")
 
 
 def ensure_iproute2() -> None:
@@ -99,8 +103,10 @@ class Hosts:
         hosts = cls({h: f"mh-{h}-{tag}" for h in ("cp", "h1", "h2")})
         made: list[str] = []
         try:
+            # Only the kernel refusing a namespace is a reason to skip; once they exist, a link
+            # or address that cannot be made is a failure of the test's setup.
             for name in hosts.names.values():
-                _ip("netns", "add", name)
+                _ip("netns", "add", name, refused=NetnsUnavailable)
                 made.append(name)
             cp, h1, h2 = (hosts.names[h] for h in ("cp", "h1", "h2"))
             # Created directly inside the namespaces: no interface ever appears in ours.

@@ -11,6 +11,7 @@ import pytest
 
 from envoy_mixer.dev.ports import describe_port, port_holders, socket_inodes
 
+# ports.py reads /proc/net/tcp and /proc/*/fd, which exist only on Linux (CI is Linux).
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux /proc")
 
 

@@ -27,6 +27,7 @@ from envoy_mixer.dev.supervisor import (
 from tests.waits import pid_alive as _alive
 from tests.waits import until
 
+# PR_SET_PDEATHSIG and /proc are Linux-only; the supervisor documents that, and CI is Linux.
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PDEATHSIG is Linux")
 
 SLEEPER = [sys.executable, "-c", "import time\nwhile True: time.sleep(1)"]

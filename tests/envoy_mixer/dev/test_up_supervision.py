@@ -30,6 +30,7 @@ EXAMPLES = REPO / "examples"
 
 pytestmark = [
     pytest.mark.slow,
+    # No child outliving mixer up rests on PR_SET_PDEATHSIG, which is Linux-only (CI is Linux).
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PDEATHSIG is Linux"),
 ]
 
